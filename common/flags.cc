@@ -10,6 +10,28 @@
 #include "absl/strings/ascii.h"
 
 namespace switchyard {
+namespace {
+
+// "--max-tokens=5" -> "--max_tokens=5" when max_tokens is a registered flag, so both spellings
+// work (absl only knows underscores). Returns whether the flag takes its value from the next
+// argument ("--prompt TEXT").
+bool NormalizeFlagArg(std::string& arg) {
+  const size_t dashes = arg.rfind("--", 0) == 0 ? 2 : (arg.rfind('-', 0) == 0 ? 1 : 0);
+  if (dashes == 0 || arg.size() == dashes) return false;
+  const size_t eq = arg.find('=');
+  std::string name = arg.substr(dashes, eq == std::string::npos ? std::string::npos : eq - dashes);
+  for (char& c : name) {
+    if (c == '-') c = '_';
+  }
+  std::string lookup = name;
+  if (lookup.rfind("no", 0) == 0 && absl::FindCommandLineFlag(lookup) == nullptr) lookup = lookup.substr(2);
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(lookup);
+  if (flag == nullptr) return false;
+  arg = arg.substr(0, dashes) + name + (eq == std::string::npos ? "" : arg.substr(eq));
+  return eq == std::string::npos && !flag->IsOfType<bool>();
+}
+
+}  // namespace
 
 std::vector<char*> ParseFlagsWithEnv(int argc, char** argv) {
   for (auto& [name, flag] : absl::GetAllFlags()) {
@@ -22,7 +44,15 @@ std::vector<char*> ParseFlagsWithEnv(int argc, char** argv) {
       std::exit(2);
     }
   }
-  return absl::ParseCommandLine(argc, argv);
+  // Normalised copies live for the whole process, as absl keeps pointers into argv.
+  static std::vector<std::string>* normalized = new std::vector<std::string>(argv, argv + argc);
+  static std::vector<char*>* args = new std::vector<char*>();
+  for (int i = 1; i < argc; ++i) {
+    if ((*normalized)[i] == "--") break;
+    if (NormalizeFlagArg((*normalized)[i])) ++i;  // skip the value
+  }
+  for (std::string& s : *normalized) args->push_back(s.data());
+  return absl::ParseCommandLine(argc, args->data());
 }
 
 }  // namespace switchyard

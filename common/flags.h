@@ -1,6 +1,7 @@
 // Command-line flags with environment-variable equivalents.
 //
-// Every absl flag `--foo_bar` can also be set as SWITCHYARD_FOO_BAR in the environment (handy in
+// Every absl flag `--foo_bar` may be spelled `--foo-bar` too, and can also be set as
+// SWITCHYARD_FOO_BAR in the environment (handy in
 // Kubernetes manifests); a flag given on the command line wins over the environment.
 #pragma once
 

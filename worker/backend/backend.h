@@ -1,0 +1,105 @@
+// The compute backend seam (DESIGN.md §5): memory and the ops the model forward needs. The engine is
+// written once against this interface; the CPU backend (always built) runs the reference kernels in
+// fp32, the CUDA backend runs kernels/cuda on a stream.
+//
+// Ops are stream-ordered on an accelerator: they may return before the work is done. Host outputs
+// (CopyToHost, RouterTopK) are complete when the call returns. Shapes are the caller's contract
+// (REQUIRES), checked with SY_DCHECK; errors from the device come back as INTERNAL.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/router.h"
+#include "worker/backend/tensor.h"
+
+namespace switchyard {
+
+enum class BackendKind { kCpu, kCuda };
+
+// Per-layer attention options (family variants).
+struct AttentionParams {
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t block_size = 0;
+  float scale = 1.0f;
+  int64_t chunk_size = 0;  // 0 = full causal attention
+};
+
+// One backend instance per worker; not thread-safe (one engine thread drives it).
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendKind kind() const = 0;
+  virtual std::string_view name() const = 0;
+
+  // Memory. Contents of Empty() are unspecified.
+  virtual absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) = 0;
+  // Copies host fp32 values into dst (converting to dst's dtype). REQUIRES: size == num_elements.
+  virtual absl::Status CopyFromHost(std::span<const float> src, const Tensor& dst) = 0;
+  // Copies src (converted to fp32) to the host; complete on return.
+  virtual absl::Status CopyToHost(const Tensor& src, std::span<float> dst) = 0;
+  virtual absl::Status Synchronize() = 0;
+
+  // out[t, :] = table[ids[t], :]
+  virtual absl::Status Embedding(const Tensor& table, std::span<const int32_t> ids,
+                                 const Tensor& out) = 0;
+  // out = rmsnorm(x) * weight over the last dim of a [rows, dim] view; weight may be empty.
+  virtual absl::Status RmsNorm(const Tensor& x, const Tensor& weight, float eps,
+                               const Tensor& out) = 0;
+  // out[m, n] = x[m, k] w[n, k]^T (+ bias[n]) (+ out when accumulate).
+  virtual absl::Status Linear(const Tensor& x, const Tensor& w, const Tensor& bias,
+                              const Tensor& out, bool accumulate = false) = 0;
+  // out[m, n] = x[m, k] w[k, n]
+  virtual absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor& out) = 0;
+  // In place on x [tokens, heads * head_dim]; see kernels/cpu/rope.h.
+  virtual absl::Status Rope(const Tensor& x, std::span<const int32_t> positions,
+                            std::span<const float> inv_freq, int64_t num_heads, int64_t head_dim,
+                            bool interleaved) = 0;
+  virtual absl::Status WriteKvCache(const Tensor& k, const Tensor& v,
+                                    std::span<const int64_t> slots, const Tensor& k_cache,
+                                    const Tensor& v_cache) = 0;
+  virtual absl::Status Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                                 std::span<const kernels::cpu::AttentionSeq> seqs,
+                                 const AttentionParams& params, const Tensor& out) = 0;
+  // out[r, :] = silu(gate[r, :]) * up[r, :] where gate_up rows are [gate | up] (fused, [R, 2I]).
+  virtual absl::Status SiluMulFused(const Tensor& gate_up, const Tensor& out) = 0;
+  // out = silu(gate) * up, all [R, I].
+  virtual absl::Status SiluMul(const Tensor& gate, const Tensor& up, const Tensor& out) = 0;
+  // y += x
+  virtual absl::Status Add(const Tensor& y, const Tensor& x) = 0;
+  // y[r, :] *= scale[r]
+  virtual absl::Status ScaleRows(const Tensor& y, std::span<const float> scale) = 0;
+  // y[r, :] *= sigmoid(gate[r, 0])   (gate [R, 1])
+  virtual absl::Status ScaleRowsBySigmoid(const Tensor& y, const Tensor& gate) = 0;
+  virtual absl::Status Clamp(const Tensor& x, float limit) = 0;
+  // Router: logits [T, E] -> top-k ids and weights on the host ([T, k] row-major).
+  virtual absl::Status RouterTopK(const Tensor& logits, int64_t k, kernels::cpu::RouterKind kind,
+                                  bool renormalize, std::span<int32_t> topk_ids,
+                                  std::span<float> topk_weights) = 0;
+  // out[i, :] = x[src_rows[i], :] * (row_scale.empty() ? 1 : row_scale[i])
+  virtual absl::Status GatherRows(const Tensor& x, std::span<const int32_t> src_rows,
+                                  std::span<const float> row_scale, const Tensor& out) = 0;
+  // out[t, :] = sum over j in 0..k-1, in that order, of weights[t, j] * rows[row_of[t, j], :]
+  // (row_of[t, j] < 0 contributes nothing). The fixed order makes the sum independent of where
+  // the rows were computed.
+  virtual absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
+                                   std::span<const float> weights, int64_t k,
+                                   const Tensor& out) = 0;
+};
+
+// The CPU backend: fp32 tensors in host memory, kernels/cpu ops.
+std::unique_ptr<Backend> MakeCpuBackend();
+
+// A backend by name ("cpu", "cuda", or "auto": CUDA when built with it and a device is present).
+// UNAVAILABLE when "cuda" is asked for and there is no usable device; INVALID_ARGUMENT otherwise.
+absl::StatusOr<std::unique_ptr<Backend>> MakeBackend(std::string_view name);
+
+}  // namespace switchyard

@@ -1,0 +1,113 @@
+#include "worker/moe_block.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+#include "common/status_macros.h"
+#include "worker/backend/scratch.h"
+
+namespace switchyard {
+
+absl::Status ExpertForward(Backend& backend, const ExpertWeights& expert, const Tensor& rows,
+                           const Tensor& scratch_a, const Tensor& scratch_b, const Tensor& out) {
+  const int64_t num_rows = rows.dim(0);
+  if (num_rows == 0) return absl::OkStatus();
+  if (expert.fused) {
+    // Llama 4: gate_up [H, 2I] -> [R, 2I] = [gate | up]; down [I, H].
+    const int64_t inter = expert.down.dim(0);
+    Tensor gate_up = scratch_a.Rows(0, num_rows * 2 * inter).Reshape({num_rows, 2 * inter});
+    Tensor act = scratch_b.Rows(0, num_rows * inter).Reshape({num_rows, inter});
+    SY_RETURN_IF_ERROR(backend.MatMul(rows, expert.gate_up, gate_up));
+    SY_RETURN_IF_ERROR(backend.SiluMulFused(gate_up, act));
+    return backend.MatMul(act, expert.down, out);
+  }
+  const int64_t inter = expert.gate.dim(0);
+  Tensor gate = scratch_a.Rows(0, num_rows * inter).Reshape({num_rows, inter});
+  Tensor up = scratch_a.Rows(num_rows * inter, 2 * num_rows * inter).Reshape({num_rows, inter});
+  Tensor act = scratch_b.Rows(0, num_rows * inter).Reshape({num_rows, inter});
+  SY_RETURN_IF_ERROR(backend.Linear(rows, expert.gate, Tensor(), gate));
+  SY_RETURN_IF_ERROR(backend.Linear(rows, expert.up, Tensor(), up));
+  SY_RETURN_IF_ERROR(backend.SiluMul(gate, up, act));
+  return backend.Linear(act, expert.down, Tensor(), out);
+}
+
+namespace {
+
+enum ScratchSlot { kSorted, kExpertOut, kScratchA, kScratchB };
+
+class LocalMoeExecutor final : public MoeExecutor {
+ public:
+  LocalMoeExecutor(const ModelConfig& config, const ModelWeights& weights, Backend& backend)
+      : config_(config), weights_(weights), backend_(backend), scratch_(backend) {}
+
+  absl::Status Run(int64_t layer_idx, const Tensor& x, std::span<const int32_t> topk_ids,
+                   std::span<const float> topk_weights, int64_t k, const Tensor& out) override {
+    const LayerWeights& layer = weights_.layers[layer_idx];
+    const int64_t num_tokens = x.dim(0), hidden = x.dim(1), num_experts = config_.num_experts;
+    const int64_t num_rows = num_tokens * k;
+    GroupByExpert(topk_ids, topk_weights, k, num_experts);
+    SY_ASSIGN_OR_RETURN(Tensor sorted, scratch_.Get(kSorted, {num_rows, hidden}));
+    SY_ASSIGN_OR_RETURN(Tensor expert_out, scratch_.Get(kExpertOut, {num_rows, hidden}));
+    const int64_t inter = config_.moe_intermediate_size;
+    SY_ASSIGN_OR_RETURN(Tensor a, scratch_.Get(kScratchA, {std::max<int64_t>(num_rows, 1) * 2 * inter}));
+    SY_ASSIGN_OR_RETURN(Tensor b, scratch_.Get(kScratchB, {std::max<int64_t>(num_rows, 1) * inter}));
+    const bool scale_input = config_.router_scales_input;
+    SY_RETURN_IF_ERROR(backend_.GatherRows(x, src_token_, scale_input ? std::span<const float>(row_weight_)
+                                                                      : std::span<const float>(), sorted));
+    for (int64_t e = 0; e < num_experts; ++e) {
+      const int64_t begin = offsets_[e], end = offsets_[e + 1];
+      if (begin == end) continue;
+      const ExpertWeights& expert = layer.experts[e];
+      if (!expert.loaded()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "layer ", layer_idx, ": tokens routed to expert ", e, " which this process did not load"));
+      }
+      SY_RETURN_IF_ERROR(ExpertForward(backend_, expert, sorted.Rows(begin, end), a, b,
+                                       expert_out.Rows(begin, end)));
+    }
+    if (scale_input) {
+      ones_.assign(num_rows, 1.0f);
+      return backend_.CombineRows(expert_out, row_of_, ones_, k, out);
+    }
+    return backend_.CombineRows(expert_out, row_of_, topk_weights, k, out);
+  }
+
+ private:
+  // Counting sort of the (token, j) pairs by expert; stable, so rows of one expert keep token order.
+  void GroupByExpert(std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
+                     int64_t k, int64_t num_experts) {
+    const int64_t num_rows = topk_ids.size();
+    offsets_.assign(num_experts + 1, 0);
+    for (int32_t e : topk_ids) ++offsets_[e + 1];
+    for (int64_t e = 0; e < num_experts; ++e) offsets_[e + 1] += offsets_[e];
+    cursor_.assign(offsets_.begin(), offsets_.end() - 1);
+    src_token_.resize(num_rows);
+    row_weight_.resize(num_rows);
+    row_of_.resize(num_rows);
+    for (int64_t i = 0; i < num_rows; ++i) {
+      const int64_t row = cursor_[topk_ids[i]]++;
+      src_token_[row] = static_cast<int32_t>(i / k);
+      row_weight_[row] = topk_weights[i];
+      row_of_[i] = static_cast<int32_t>(row);
+    }
+  }
+
+  const ModelConfig& config_;
+  const ModelWeights& weights_;
+  Backend& backend_;
+  ScratchArena scratch_;
+  std::vector<int64_t> offsets_, cursor_;
+  std::vector<int32_t> src_token_, row_of_;
+  std::vector<float> row_weight_, ones_;
+};
+
+}  // namespace
+
+std::unique_ptr<MoeExecutor> MakeLocalMoeExecutor(const ModelConfig& config,
+                                                  const ModelWeights& weights, Backend& backend) {
+  return std::make_unique<LocalMoeExecutor>(config, weights, backend);
+}
+
+}  // namespace switchyard
