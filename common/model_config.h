@@ -18,7 +18,7 @@ namespace switchyard {
 // "llama4_text" (Llama4ForCausalLM).
 enum class ModelFamily { kLlama, kMixtral, kQwen2Moe, kQwen3Moe, kOlmoe, kLlama4 };
 
-std::string_view ModelFamilyName(ModelFamily family);
+std::string_view ModelFamilyName(ModelFamily family);  // "llama", "mixtral", ..., "llama4"
 
 enum class RouterScoring {
   kSoftmax,      // softmax over all experts, then top-k (Mixtral, Qwen, OLMoE)
@@ -29,7 +29,8 @@ enum class QkNorm {
   kNone,
   kPerHeadRms,  // RMSNorm over head_dim with a [head_dim] weight, before RoPE (Qwen3-MoE)
   kFlatRms,     // RMSNorm over the whole q (k) projection output, before reshape (OLMoE)
-  kL2,          // weightless L2 norm per head after RoPE, on RoPE layers only (Llama 4)
+  kL2,          // weightless RMS norm per head (x * rsqrt(mean(x^2) + eps)) after RoPE, on RoPE
+                // layers only (Llama 4 calls it L2Norm)
 };
 
 enum class RopeStyle {
@@ -72,7 +73,10 @@ struct ModelConfig {
   int64_t max_position_embeddings = 0;
   double rms_norm_eps = 1e-5;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v biases (Qwen2-MoE); o_proj never has one here
+  bool attention_bias = false;  // q/k/v biases (Qwen2-MoE qkv_bias; attention_bias elsewhere)
+  // o_proj bias: Llama, Qwen3-MoE, OLMoE and Llama 4 put a bias on o_proj too when
+  // attention_bias is set (Qwen2-MoE never does). False in every released checkpoint.
+  bool o_proj_bias = false;
 
   // Attention variants.
   double rope_theta = 10000.0;
@@ -82,7 +86,8 @@ struct ModelConfig {
   double clip_qkv = 0.0;  // OLMoE: clamp q/k/v to [-clip, clip] when > 0
   // Per layer: whether RoPE is applied (Llama 4 NoPE layers have false).
   std::vector<bool> layer_uses_rope;
-  // Llama 4: RoPE layers attend only within chunks of this many positions (0 = unlimited).
+  // Llama 4: RoPE layers attend only within chunks of this many positions (0 = unlimited); NoPE
+  // layers always attend to the whole causal prefix.
   int64_t attention_chunk_size = 0;
   // Llama 4: NoPE layers scale q by log(floor((pos + 1) / floor_scale) + 1) * attn_scale + 1.
   bool attn_temperature_tuning = false;
@@ -105,11 +110,19 @@ struct ModelConfig {
   // Per layer: whether the FFN is an MoE block (else a dense SwiGLU of intermediate_size).
   std::vector<bool> layer_is_moe;
 
-  int64_t bos_token_id = -1;
-  std::vector<int64_t> eos_token_ids;
+  int64_t bos_token_id = -1;          // -1 when config.json has none (Qwen, OLMoE)
+  std::vector<int64_t> eos_token_ids;  // config.json's eos_token_id, int or list
+
+  // Checkpoint tensors whose names start with one of these are not part of the text model and are
+  // neither loaded nor reported as extra (Llama 4's "vision_model." and "multi_modal_projector.").
+  std::vector<std::string> ignored_tensor_prefixes;
 
   int64_t num_moe_layers() const;
 };
+
+// The family of a Hugging Face model_type ("llama4_text" and "llama4" both give kLlama4).
+// UNIMPLEMENTED naming the model_type for anything else.
+absl::StatusOr<ModelFamily> ModelFamilyFromType(std::string_view model_type);
 
 // Parses config.json text. Returns INVALID_ARGUMENT naming the field for a missing or bad value,
 // UNIMPLEMENTED for an unsupported model_type or feature (naming it).
