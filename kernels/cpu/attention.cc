@@ -1,5 +1,7 @@
 #include "kernels/cpu/attention.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -53,6 +55,57 @@ void AttendOne(const float* q_row, const float* k_cache, const float* v_cache,
   }
 }
 
+// Many queries of one sequence: gather its keys and values once, then two GEMMs per head
+// (scores = Q K^T, out = P V) instead of a dot product per (query, key) pair.
+void AttendSequenceGemm(const float* q, const float* k_cache, const float* v_cache,
+                        const AttentionSeq& seq, int64_t num_heads, int64_t num_kv_heads,
+                        int64_t head_dim, int64_t block_size, float scale, int64_t chunk_size,
+                        float* out) {
+  const int64_t kv_dim = num_kv_heads * head_dim, q_dim = num_heads * head_dim;
+  const int64_t first_pos = seq.start_pos, last_pos = seq.start_pos + seq.num_q - 1;
+  const int64_t key_begin = chunk_size > 0 ? first_pos - first_pos % chunk_size : 0;
+  const int64_t num_keys = last_pos + 1 - key_begin;
+  std::vector<float> keys(num_keys * kv_dim), values(num_keys * kv_dim);
+  for (int64_t j = 0; j < num_keys; ++j) {
+    const int64_t pos = key_begin + j;
+    const int64_t slot = static_cast<int64_t>(seq.block_table[pos / block_size]) * block_size +
+                         pos % block_size;
+    std::memcpy(&keys[j * kv_dim], k_cache + slot * kv_dim, kv_dim * sizeof(float));
+    std::memcpy(&values[j * kv_dim], v_cache + slot * kv_dim, kv_dim * sizeof(float));
+  }
+  const int64_t group = num_heads / num_kv_heads;
+  std::vector<float> scores(seq.num_q * num_keys);
+  const float* q_seq = q + seq.q_row_begin * q_dim;
+  float* out_seq = out + seq.q_row_begin * q_dim;
+  for (int64_t h = 0; h < num_heads; ++h) {
+    const int64_t kv_head = h / group;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, seq.num_q, num_keys, head_dim, scale,
+                q_seq + h * head_dim, q_dim, keys.data() + kv_head * head_dim, kv_dim, 0.0f,
+                scores.data(), num_keys);
+    for (int64_t i = 0; i < seq.num_q; ++i) {
+      const int64_t pos = first_pos + i;
+      const int64_t lo = (chunk_size > 0 ? pos - pos % chunk_size : 0) - key_begin;
+      const int64_t hi = pos - key_begin;  // inclusive
+      float* row = &scores[i * num_keys];
+      float max_score = -INFINITY;
+      for (int64_t j = lo; j <= hi; ++j) max_score = std::max(max_score, row[j]);
+      double denom = 0.0;
+      for (int64_t j = 0; j < num_keys; ++j) {
+        row[j] = (j >= lo && j <= hi) ? std::exp(row[j] - max_score) : 0.0f;
+        denom += row[j];
+      }
+      const float inv_denom = static_cast<float>(1.0 / denom);
+      for (int64_t j = lo; j <= hi; ++j) row[j] *= inv_denom;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, seq.num_q, head_dim, num_keys, 1.0f,
+                scores.data(), num_keys, values.data() + kv_head * head_dim, kv_dim, 0.0f,
+                out_seq + h * head_dim, q_dim);
+  }
+}
+
+// Below this many queries per sequence the per-pair loop is cheaper than gathering for GEMMs.
+constexpr int64_t kGemmMinQueries = 8;
+
 }  // namespace
 
 void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
@@ -63,6 +116,11 @@ void PagedAttention(const float* q, const float* k_cache, const float* v_cache,
   std::vector<float> scores;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& seq = seqs[s];
+    if (seq.num_q >= kGemmMinQueries) {
+      AttendSequenceGemm(q, k_cache, v_cache, seq, num_heads, num_kv_heads, head_dim, block_size,
+                         scale, chunk_size, out);
+      continue;
+    }
     for (int64_t i = 0; i < seq.num_q; ++i) {
       const int64_t pos = seq.start_pos + i;
       const int64_t key_begin = chunk_size > 0 ? pos - pos % chunk_size : 0;

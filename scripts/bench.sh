@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs the benchmarks under bench/ and prints their figures (see docs/benchmarks.md).
+set -euo pipefail
+build_dir=${1:-build}
+# OpenBLAS picks a slow generic kernel on some virtual CPUs; SkylakeX is right for AVX-512 machines.
+if grep -q avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then
+  export OPENBLAS_CORETYPE=SkylakeX
+fi
+echo "== bench-engine: single-process CPU engine"
+"$build_dir/bin/bench-engine"
