@@ -21,10 +21,15 @@
 
 namespace switchyard {
 
-enum class DType { kF32, kF16, kBF16 };
+// Every dtype a safetensors header may name. Only kF32, kF16 and kBF16 can be loaded (converted
+// to fp32); files holding others still open, and loading such a tensor is UNIMPLEMENTED.
+enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU64, kU32, kU16, kU8, kBool,
+                   kF8E4M3, kF8E5M2 };
 
-std::string_view DTypeName(DType dtype);  // "F32", "F16", "BF16" as in safetensors headers
+std::string_view DTypeName(DType dtype);  // "F32", "F16", "BF16", ... as in safetensors headers
 int64_t DTypeSize(DType dtype);
+// True for the dtypes LoadFloat32 converts (F32, F16, BF16).
+bool DTypeIsLoadable(DType dtype);
 
 struct TensorInfo {
   std::string name;
@@ -46,11 +51,13 @@ class SafetensorsFile {
   const std::filesystem::path& path() const { return path_; }
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
-  // Raw bytes of a tensor inside the mapping. REQUIRES: name is in tensors().
+  // Raw bytes of a tensor inside the mapping (not necessarily aligned). REQUIRES: name is in
+  // tensors().
   std::span<const uint8_t> RawBytes(std::string_view name) const;
 
  private:
   SafetensorsFile() = default;
+  absl::Status ParseHeader();
   std::filesystem::path path_;
   const uint8_t* data_ = nullptr;  // whole-file mapping
   size_t size_bytes_ = 0;
@@ -94,10 +101,13 @@ class Checkpoint {
 
 // Checks the checkpoint against the tensors the config expects: every missing tensor, every extra
 // tensor, every shape mismatch and unsupported dtype is listed in one INVALID_ARGUMENT message.
+// Not extra: tensors under config.ignored_tensor_prefixes (Llama 4's vision tower), a tied
+// lm_head, and the rotary_emb.inv_freq buffers old exports carry.
 absl::Status ValidateCheckpoint(const ModelConfig& config, const Checkpoint& checkpoint);
 
 // Writes a safetensors file (used by the model maker and tests). Tensors are written in the given
-// order, 8-byte aligned data, with optional __metadata__.
+// order, packed back to back as the format requires; the header is padded with spaces so the data
+// area starts 8-byte aligned. Optional __metadata__. Writes PATH.tmp, then renames it.
 struct TensorToWrite {
   std::string name;
   DType dtype = DType::kF32;
