@@ -1,0 +1,286 @@
+// MoE dispatch/combine over the loopback communicator with 1-4 ranks, against a direct
+// single-process computation of the same toy experts.
+#include "worker/moe/dispatch.h"
+
+#include <map>
+#include <mutex>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/unit/worker/comm/comm_test_util.h"
+#include "tests/unit/worker/moe/moe_test_util.h"
+
+namespace switchyard {
+namespace {
+
+using testing::MoeCase;
+using testing::Routing;
+using testing::RunAndCheckDispatch;
+using testing::RunLoopbackRanks;
+
+CommunicatorOptions FastOptions() {
+  CommunicatorOptions options;
+  options.timeout = absl::Seconds(5);
+  return options;
+}
+
+void ExpectDispatchMatches(const MoeCase& moe_case, const LayerPlacement& placement) {
+  const auto statuses = RunLoopbackRanks(moe_case.world_size, FastOptions(), [&](Communicator& c) {
+    return RunAndCheckDispatch(c, placement, moe_case);
+  });
+  for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
+}
+
+MoeCase Case(int world_size, int64_t k, Routing routing, std::vector<int64_t> tokens) {
+  MoeCase moe_case;
+  moe_case.world_size = world_size;
+  moe_case.k = k;
+  moe_case.routing = routing;
+  moe_case.tokens_per_rank = std::move(tokens);
+  return moe_case;
+}
+
+class DispatchWorldTest : public ::testing::TestWithParam<int> {
+ protected:
+  int world_size() const { return GetParam(); }
+  std::vector<int64_t> Tokens(std::vector<int64_t> pattern) const {
+    std::vector<int64_t> tokens(world_size());
+    for (int rank = 0; rank < world_size(); ++rank) tokens[rank] = pattern[rank % pattern.size()];
+    return tokens;
+  }
+  LayerPlacement Contiguous(int32_t num_experts) const {
+    return LayerPlacement::Contiguous(num_experts, world_size()).value();
+  }
+};
+
+TEST_P(DispatchWorldTest, RandomRoutingTopTwo) {
+  ExpectDispatchMatches(Case(world_size(), 2, Routing::kRandom, Tokens({7, 12, 3, 9})),
+                        Contiguous(8));
+}
+
+TEST_P(DispatchWorldTest, RankWithZeroTokens) {
+  ExpectDispatchMatches(Case(world_size(), 2, Routing::kRandom, Tokens({0, 5, 0, 11})),
+                        Contiguous(8));
+}
+
+TEST_P(DispatchWorldTest, AllRanksWithZeroTokens) {
+  ExpectDispatchMatches(Case(world_size(), 2, Routing::kRandom, Tokens({0})), Contiguous(8));
+}
+
+TEST_P(DispatchWorldTest, EveryTokenPicksTheSameExpert) {
+  ExpectDispatchMatches(Case(world_size(), 1, Routing::kSameExpert, Tokens({6, 9})), Contiguous(8));
+}
+
+TEST_P(DispatchWorldTest, EveryRankSendsToEveryRank) {
+  MoeCase moe_case = Case(world_size(), 3, Routing::kSpread, Tokens({8, 5, 13}));
+  moe_case.num_experts = 7;
+  const LayerPlacement placement = Contiguous(7);  // remainder shards
+  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
+    DispatchStats stats;
+    absl::Status status = RunAndCheckDispatch(comm, placement, moe_case, &stats);
+    if (!status.ok()) return status;
+    for (int peer = 0; peer < comm.world_size(); ++peer) {
+      if (stats.rows_sent_per_peer[peer] == 0 || stats.rows_received_per_peer[peer] == 0 ||
+          stats.bytes_sent_per_peer[peer] != stats.rows_sent_per_peer[peer] * 16 * 4) {
+        return absl::InternalError(absl::StrCat("rank ", comm.rank(), ": peer ", peer,
+                                                " exchanged no rows or wrong bytes"));
+      }
+    }
+    return absl::OkStatus();
+  });
+  for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
+}
+
+TEST_P(DispatchWorldTest, TopOneAndTopEight) {
+  ExpectDispatchMatches(Case(world_size(), 1, Routing::kRandom, Tokens({10, 3})), Contiguous(8));
+  MoeCase top8 = Case(world_size(), 8, Routing::kRandom, Tokens({4, 9, 1}));
+  top8.num_experts = 16;
+  ExpectDispatchMatches(top8, Contiguous(16));
+}
+
+TEST_P(DispatchWorldTest, ScaleInputByWeight) {
+  MoeCase moe_case = Case(world_size(), 1, Routing::kRandom, Tokens({6, 2, 9}));
+  moe_case.scale_input_by_weight = true;
+  ExpectDispatchMatches(moe_case, Contiguous(8));
+  moe_case.k = 4;
+  ExpectDispatchMatches(moe_case, Contiguous(8));
+}
+
+TEST_P(DispatchWorldTest, MoreRanksThanExpertsAndOddHidden) {
+  MoeCase moe_case = Case(world_size(), 1, Routing::kRandom, Tokens({5, 3}));
+  moe_case.num_experts = 2;
+  moe_case.hidden = 3;
+  ExpectDispatchMatches(moe_case, Contiguous(2));
+}
+
+// Provenance through dispatch (as DeepEP's tests do): each token row carries {source rank, token
+// index, chosen expert}; every expert checks that it received exactly the rows routed to it, in
+// (source rank, token) order, and the combine still matches the reference.
+TEST_P(DispatchWorldTest, ProvenanceRowsReachTheirExpertInOrder) {
+  MoeCase moe_case = Case(world_size(), 1, Routing::kRandom, Tokens({9, 0, 14, 5}));
+  moe_case.hidden = 4;
+  const LayerPlacement placement = Contiguous(8);
+  std::vector<testing::RankInputs> inputs;
+  for (int rank = 0; rank < world_size(); ++rank) {
+    inputs.push_back(testing::MakeInputs(moe_case, rank));
+    for (int64_t t = 0; t < inputs[rank].num_tokens; ++t) {
+      float* row = inputs[rank].x.data() + t * 4;
+      row[0] = static_cast<float>(rank);
+      row[1] = static_cast<float>(t);
+      row[2] = static_cast<float>(inputs[rank].ids[t]);
+      row[3] = 0.5f;
+    }
+  }
+  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
+    const int me = comm.rank();
+    const GroupedExpertFn toy = testing::ToyExperts(placement, me);
+    GroupedExpertFn checking = [&](const float* rows, const int64_t* offsets, int64_t num_slots,
+                                   int64_t hidden, float* out) -> absl::Status {
+      for (int64_t slot = 0; slot < num_slots; ++slot) {
+        const int32_t expert = placement.expert_at(me, static_cast<int32_t>(slot));
+        int64_t row_idx = offsets[slot];
+        for (int src = 0; src < world_size(); ++src) {
+          for (int64_t t = 0; t < inputs[src].num_tokens; ++t) {
+            if (inputs[src].ids[t] != expert) continue;
+            const float* row = rows + row_idx * hidden;
+            if (row_idx >= offsets[slot + 1] || row[0] != src || row[1] != t || row[2] != expert) {
+              return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": row ",
+                                                      row_idx, " is not token ", t, " of rank ",
+                                                      src));
+            }
+            ++row_idx;
+          }
+        }
+        if (row_idx != offsets[slot + 1]) {
+          return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": extra rows"));
+        }
+      }
+      return toy(rows, offsets, num_slots, hidden, out);
+    };
+    const testing::RankInputs& in = inputs[me];
+    std::vector<float> out(in.num_tokens * 4);
+    absl::Status status =
+        MoeDispatchCombine(comm, placement, in.x.data(), in.num_tokens, 4, in.ids.data(),
+                           in.weights.data(), 1, checking, out.data(), nullptr);
+    if (!status.ok()) return status;
+    return testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, me);
+  });
+  for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
+}
+
+// Replicated experts: results unchanged, and each expert's rows spread evenly over its replicas.
+TEST_P(DispatchWorldTest, ReplicatedExpertsBalanceOverReplicas) {
+  if (world_size() == 1) GTEST_SKIP() << "replicas need two ranks";
+  const int32_t num_experts = 8;
+  std::vector<double> loads = {40, 1, 1, 1, 30, 1, 1, 1};
+  const LayerPlacement placement =
+      LayerPlacement::Balanced(num_experts, world_size(), 2, loads, /*version=*/5).value();
+  const MoeCase moe_case = Case(world_size(), 2, Routing::kRandom, Tokens({40, 17, 33}));
+  std::mutex mu;
+  std::map<std::pair<int, int>, int64_t> rows_per_slot;  // (rank, slot) -> rows
+  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
+    DispatchStats stats;
+    absl::Status status = RunAndCheckDispatch(comm, placement, moe_case, &stats);
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t slot = 0; slot < stats.rows_per_local_slot.size(); ++slot) {
+      rows_per_slot[{comm.rank(), static_cast<int>(slot)}] = stats.rows_per_local_slot[slot];
+    }
+    return status;
+  });
+  for (const auto& status : statuses) ASSERT_TRUE(status.ok()) << status;
+  // Independent count of the rows routed to each expert.
+  std::vector<int64_t> routed(num_experts, 0);
+  for (int rank = 0; rank < world_size(); ++rank) {
+    for (int32_t id : testing::MakeInputs(moe_case, rank).ids) ++routed[id];
+  }
+  int num_replicated = 0;
+  for (int32_t expert = 0; expert < num_experts; ++expert) {
+    int64_t total = 0, lowest = INT64_MAX, highest = 0;
+    for (const PhysicalSlot& slot : placement.replicas(expert)) {
+      const int64_t rows = rows_per_slot[{slot.rank, slot.local_slot}];
+      total += rows;
+      lowest = std::min(lowest, rows);
+      highest = std::max(highest, rows);
+    }
+    EXPECT_EQ(total, routed[expert]) << "expert " << expert;
+    // Each source rank splits its rows within one of even, so replicas differ by <= world size.
+    EXPECT_LE(highest - lowest, world_size()) << "expert " << expert;
+    if (placement.num_replicas(expert) > 1) ++num_replicated;
+  }
+  EXPECT_GT(num_replicated, 0);
+  EXPECT_GT(placement.num_replicas(0), 1);  // the hottest expert got a replica
+}
+
+TEST_P(DispatchWorldTest, WarmDispatcherReusesBuffersAcrossBatchSizes) {
+  const LayerPlacement placement = Contiguous(8);
+  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
+    MoeDispatcher dispatcher(&comm);
+    for (int64_t tokens : {9, 2, 0, 15, 4}) {
+      MoeCase moe_case = Case(world_size(), 2, Routing::kRandom,
+                              std::vector<int64_t>(world_size(), tokens + comm.world_size()));
+      moe_case.seed = static_cast<uint32_t>(tokens + 3);
+      const testing::RankInputs in = testing::MakeInputs(moe_case, comm.rank());
+      std::vector<float> out(in.num_tokens * moe_case.hidden);
+      absl::Status status = dispatcher.Run(
+          placement, in.x.data(), in.num_tokens, moe_case.hidden, in.ids.data(), in.weights.data(),
+          moe_case.k, testing::ToyExperts(placement, comm.rank()), out.data(), nullptr);
+      if (!status.ok()) return status;
+      status = testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, comm.rank());
+      if (!status.ok()) return status;
+    }
+    return absl::OkStatus();
+  });
+  for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, DispatchWorldTest, ::testing::Values(1, 2, 3, 4));
+
+TEST(DispatchTest, BadExpertIdFailsHereAndAbortsThePeers) {
+  const LayerPlacement placement = LayerPlacement::Contiguous(4, 2).value();
+  const auto statuses = RunLoopbackRanks(2, FastOptions(), [&](Communicator& comm) {
+    const float x[2] = {1, 2};
+    const int32_t ids[1] = {comm.rank() == 0 ? 9 : 1};
+    const float weights[1] = {1};
+    float out[2];
+    return MoeDispatchCombine(comm, placement, x, 1, 2, ids, weights, 1,
+                              testing::ToyExperts(placement, comm.rank()), out, nullptr);
+  });
+  EXPECT_EQ(statuses[0].code(), absl::StatusCode::kInvalidArgument) << statuses[0];
+  EXPECT_TRUE(absl::StrContains(statuses[0].message(), "expert 9")) << statuses[0];
+  EXPECT_EQ(statuses[1].code(), absl::StatusCode::kAborted) << statuses[1];
+}
+
+TEST(DispatchTest, ExpertErrorPropagatesAndAbortsThePeers) {
+  const LayerPlacement placement = LayerPlacement::Contiguous(4, 2).value();
+  const auto statuses = RunLoopbackRanks(2, FastOptions(), [&](Communicator& comm) {
+    const float x[2] = {1, 2};
+    const int32_t ids[1] = {0};
+    const float weights[1] = {1};
+    float out[2];
+    GroupedExpertFn experts = testing::ToyExperts(placement, comm.rank());
+    if (comm.rank() == 0) {
+      experts = [](const float*, const int64_t*, int64_t, int64_t, float*) {
+        return absl::ResourceExhaustedError("out of scratch memory");
+      };
+    }
+    return MoeDispatchCombine(comm, placement, x, 1, 2, ids, weights, 1, experts, out, nullptr);
+  });
+  EXPECT_EQ(statuses[0].code(), absl::StatusCode::kResourceExhausted) << statuses[0];
+  EXPECT_TRUE(IsPeerFailure(statuses[1])) << statuses[1];
+}
+
+TEST(DispatchTest, PlacementForAnotherWorldSizeIsRejected) {
+  const LayerPlacement placement = LayerPlacement::Contiguous(4, 3).value();
+  const auto statuses = RunLoopbackRanks(2, FastOptions(), [&](Communicator& comm) {
+    float out[1];
+    return MoeDispatchCombine(comm, placement, nullptr, 0, 1, nullptr, nullptr, 1,
+                              testing::ToyExperts(placement, comm.rank()), out, nullptr);
+  });
+  for (const auto& status : statuses) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  }
+}
+
+}  // namespace
+}  // namespace switchyard
