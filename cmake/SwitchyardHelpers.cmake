@@ -43,9 +43,11 @@ function(switchyard_cc_test)
   set_target_properties(${SY_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   target_include_directories(${SY_NAME} PRIVATE ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}/gen)
   target_link_libraries(${SY_NAME} PRIVATE ${SY_DEPS} GTest::gmock GTest::gtest_main)
+  # Two single-valued properties: gtest_discover_tests would split a ";"-separated ENVIRONMENT.
   gtest_discover_tests(${SY_NAME}
     DISCOVERY_MODE PRE_TEST
     DISCOVERY_TIMEOUT 60
     PROPERTIES LABELS "${SY_LABELS}" TIMEOUT ${SY_TIMEOUT}
-               ENVIRONMENT "SWITCHYARD_BIN_DIR=${CMAKE_BINARY_DIR}/bin;SWITCHYARD_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+               ENVIRONMENT "SWITCHYARD_BIN_DIR=${CMAKE_BINARY_DIR}/bin"
+               ENVIRONMENT_MODIFICATION "SWITCHYARD_SOURCE_DIR=set:${PROJECT_SOURCE_DIR}")
 endfunction()

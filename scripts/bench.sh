@@ -8,3 +8,7 @@ if grep -q avx512f /proc/cpuinfo && [[ -z "${OPENBLAS_CORETYPE:-}" ]]; then
 fi
 echo "== bench-engine: single-process CPU engine"
 "$build_dir/bin/bench-engine"
+if [[ -x "$build_dir/bin/bench-dispatch" ]]; then
+  echo "== bench-dispatch: MoE dispatch + combine over Gloo (2 and 4 processes on 127.0.0.1)"
+  "$build_dir/bin/bench-dispatch"
+fi

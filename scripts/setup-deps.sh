@@ -8,8 +8,11 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libgloo-dev libopenblas-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev libpcre2-dev libxxhash-dev libspdlog-dev
+  nlohmann-json3-dev libpcre2-dev libutf8proc-dev libxxhash-dev libspdlog-dev
   python3-numpy
+  # Deployment tests (tests/helm): YAML in Python, and unzip for scripts/install-helm.sh.
+  # helm, promtool and the Kubernetes schemas go to .cache/tools (scripts/install-*.sh).
+  python3-yaml unzip
 )
 
 missing=()

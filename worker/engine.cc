@@ -33,7 +33,7 @@ std::vector<float> ComputeRopeInvFreq(const ModelConfig& c) {
       const double wavelen = 2.0 * std::numbers::pi / f;
       if (wavelen > low_freq_wavelen) {
         f /= s.factor;
-      } else if (wavelen >= high_freq_wavelen) {
+      } else if (wavelen >= high_freq_wavelen && s.high_freq_factor != s.low_freq_factor) {
         const double smooth = (old_len / wavelen - s.low_freq_factor) /
                               (s.high_freq_factor - s.low_freq_factor);
         f = (1.0 - smooth) * f / s.factor + smooth * f;
@@ -79,7 +79,9 @@ absl::Status Engine::AllocateKvCache(const EngineOptions& options) {
   }
   block_size_ = options.block_size;
   const int64_t kv_dim = config_.num_key_value_heads * config_.head_dim;
-  const int64_t bytes_per_block = 2 * config_.num_hidden_layers * block_size_ * kv_dim * sizeof(float);
+  const DType kv_dtype = backend_->activation_dtype();
+  const int64_t bytes_per_block =
+      2 * config_.num_hidden_layers * block_size_ * kv_dim * DTypeSize(kv_dtype);
   num_kv_blocks_ = options.num_kv_blocks > 0 ? options.num_kv_blocks
                                              : options.kv_cache_bytes / bytes_per_block;
   if (num_kv_blocks_ < 1) {
@@ -87,8 +89,8 @@ absl::Status Engine::AllocateKvCache(const EngineOptions& options) {
         "kv cache: ", options.kv_cache_bytes, " bytes hold no block of ", bytes_per_block, " bytes"));
   }
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    SY_ASSIGN_OR_RETURN(Tensor k, backend_->Empty(DType::kF32, {num_kv_blocks_ * block_size_, kv_dim}));
-    SY_ASSIGN_OR_RETURN(Tensor v, backend_->Empty(DType::kF32, {num_kv_blocks_ * block_size_, kv_dim}));
+    SY_ASSIGN_OR_RETURN(Tensor k, backend_->Empty(kv_dtype, {num_kv_blocks_ * block_size_, kv_dim}));
+    SY_ASSIGN_OR_RETURN(Tensor v, backend_->Empty(kv_dtype, {num_kv_blocks_ * block_size_, kv_dim}));
     k_cache_.push_back(std::move(k));
     v_cache_.push_back(std::move(v));
   }
@@ -153,6 +155,12 @@ absl::Status Engine::PrepareStep(std::span<const BatchEntry> batch) {
 }
 
 absl::Status Engine::Forward(std::span<const BatchEntry> batch, ForwardOutput* output) {
+  if (batch.empty()) {
+    output->vocab_size = config_.vocab_size;
+    output->logits.clear();
+    output->first_row.clear();
+    return ForwardIdle();
+  }
   SY_RETURN_IF_ERROR(ValidateBatch(batch));
   SY_RETURN_IF_ERROR(PrepareStep(batch));
   const int64_t num_tokens = static_cast<int64_t>(step_tokens_.size());
@@ -163,6 +171,16 @@ absl::Status Engine::Forward(std::span<const BatchEntry> batch, ForwardOutput* o
     SY_RETURN_IF_ERROR(FfnBlock(layer, x));
   }
   return ComputeLogits(batch, x, output);
+}
+
+absl::Status Engine::ForwardIdle() {
+  // Zero-row views without storage: nothing is read or written, only the collectives run.
+  const Tensor none(nullptr, nullptr, backend_->activation_dtype(), {0, config_.hidden_size});
+  for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
+    if (!weights_.layers[layer].is_moe) continue;
+    SY_RETURN_IF_ERROR(moe_executor_->Run(layer, none, {}, {}, config_.num_experts_per_tok, none));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::AttentionBlock(int64_t layer_idx, const Tensor& x) {
@@ -209,7 +227,7 @@ absl::Status Engine::AttentionBlock(int64_t layer_idx, const Tensor& x) {
   params.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   params.chunk_size = use_rope ? c.attention_chunk_size : 0;
   SY_RETURN_IF_ERROR(backend_->Attention(q, k_cache_[layer_idx], v_cache_[layer_idx], step_seqs_, params, attn));
-  return backend_->Linear(attn, w.o_proj, Tensor(), x, /*accumulate=*/true);
+  return backend_->Linear(attn, w.o_proj, w.o_bias, x, /*accumulate=*/true);
 }
 
 absl::Status Engine::FfnBlock(int64_t layer_idx, const Tensor& x) {
@@ -230,7 +248,7 @@ absl::Status Engine::FfnBlock(int64_t layer_idx, const Tensor& x) {
   if (!w.is_moe) return swiglu(w.dense, x, /*accumulate=*/true);
 
   const int64_t k = c.num_experts_per_tok;
-  SY_ASSIGN_OR_RETURN(Tensor router_logits, scratch_->Get(kFfnC, {t, c.num_experts}));
+  SY_ASSIGN_OR_RETURN(Tensor router_logits, scratch_->Get(kFfnC, DType::kF32, {t, c.num_experts}));
   SY_RETURN_IF_ERROR(backend_->Linear(xn, w.router, Tensor(), router_logits));
   topk_ids_.resize(t * k);
   topk_weights_.resize(t * k);
@@ -263,7 +281,7 @@ absl::Status Engine::ComputeLogits(std::span<const BatchEntry> batch, const Tens
   }
   const int64_t num_rows = static_cast<int64_t>(rows.size());
   SY_ASSIGN_OR_RETURN(Tensor selected, scratch_->Get(kLogitsIn, {num_rows, config_.hidden_size}));
-  SY_ASSIGN_OR_RETURN(Tensor logits, scratch_->Get(kLogits, {num_rows, config_.vocab_size}));
+  SY_ASSIGN_OR_RETURN(Tensor logits, scratch_->Get(kLogits, DType::kF32, {num_rows, config_.vocab_size}));
   SY_RETURN_IF_ERROR(backend_->GatherRows(x, rows, {}, selected));
   SY_RETURN_IF_ERROR(backend_->RmsNorm(selected, weights_.final_norm, config_.rms_norm_eps, selected));
   SY_RETURN_IF_ERROR(backend_->Linear(selected, weights_.lm_head, Tensor(), logits));

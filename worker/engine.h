@@ -61,10 +61,18 @@ class Engine {
   int64_t num_kv_blocks() const { return num_kv_blocks_; }
   uint64_t weight_bytes_loaded() const { return weight_bytes_loaded_; }
   Backend& backend() { return *backend_; }
+  // The loaded weights (an expert-parallel executor runs its local experts from them).
+  const ModelWeights& weights() const { return weights_; }
 
   // Runs the batch. INVALID_ARGUMENT for a bad entry (empty tokens, token id out of the vocab,
   // block table too short or naming a block out of range) before any state changes.
+  // An empty batch runs ForwardIdle() and returns no logits.
   absl::Status Forward(std::span<const BatchEntry> batch, ForwardOutput* output);
+
+  // A step with no tokens on this rank: runs every MoE layer's executor with zero rows, so that an
+  // expert-parallel rank takes part in the collectives of a step its peers run (lockstep). Touches
+  // no KV cache. With the local executor it does nothing useful but is harmless.
+  absl::Status ForwardIdle();
 
   // Replaces the MoE executor (default: every expert computed locally). The data plane installs
   // one that dispatches to other ranks.

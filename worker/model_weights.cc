@@ -30,7 +30,7 @@ class Loader {
 
  private:
   absl::StatusOr<Tensor> Upload(std::vector<int64_t> shape) {
-    SY_ASSIGN_OR_RETURN(Tensor t, backend_.Empty(DType::kF32, std::move(shape)));
+    SY_ASSIGN_OR_RETURN(Tensor t, backend_.Empty(backend_.activation_dtype(), std::move(shape)));
     SY_RETURN_IF_ERROR(backend_.CopyFromHost(host_, t));
     return t;
   }
@@ -54,6 +54,9 @@ absl::Status LoadAttention(const ModelConfig& c, int64_t i, Loader& l, LayerWeig
     SY_ASSIGN_OR_RETURN(w.q_bias, l.Load(name("self_attn.q_proj.bias"), {q_dim}));
     SY_ASSIGN_OR_RETURN(w.k_bias, l.Load(name("self_attn.k_proj.bias"), {kv_dim}));
     SY_ASSIGN_OR_RETURN(w.v_bias, l.Load(name("self_attn.v_proj.bias"), {kv_dim}));
+  }
+  if (c.o_proj_bias) {
+    SY_ASSIGN_OR_RETURN(w.o_bias, l.Load(name("self_attn.o_proj.bias"), {h}));
   }
   if (c.qk_norm == QkNorm::kPerHeadRms) {
     SY_ASSIGN_OR_RETURN(w.q_norm, l.Load(name("self_attn.q_norm.weight"), {c.head_dim}));

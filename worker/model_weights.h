@@ -32,6 +32,7 @@ struct LayerWeights {
   Tensor input_norm, post_attention_norm;
   Tensor q_proj, k_proj, v_proj, o_proj;
   Tensor q_bias, k_bias, v_bias;  // empty unless attention_bias
+  Tensor o_bias;                  // empty unless o_proj_bias
   Tensor q_norm, k_norm;          // empty unless the family has a weighted QK-norm
   bool is_moe = false;
   DenseFfnWeights dense;          // dense layers

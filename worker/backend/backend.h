@@ -39,6 +39,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual BackendKind kind() const = 0;
   virtual std::string_view name() const = 0;
+  // The dtype the engine uses for weights, activations and the KV cache on this backend (CPU: F32;
+  // CUDA: BF16, with fp32 accumulation inside the ops). Logits and router scores stay F32.
+  virtual DType activation_dtype() const = 0;
 
   // Memory. Contents of Empty() are unspecified.
   virtual absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) = 0;

@@ -28,6 +28,7 @@ class CpuBackend final : public Backend {
  public:
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string_view name() const override { return "cpu"; }
+  DType activation_dtype() const override { return DType::kF32; }
 
   absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
     if (dtype != DType::kF32) {

@@ -14,9 +14,11 @@ namespace switchyard {
 class ScratchArena {
  public:
   explicit ScratchArena(Backend& backend) : backend_(backend) {}
-  // An fp32 tensor of `shape` backed by slot `slot_idx`'s storage (grown when too small). The
-  // previous tensor handed out for that slot must no longer be used.
+  // A tensor of `shape` in the backend's activation dtype backed by slot `slot_idx`'s storage
+  // (grown when too small). The previous tensor handed out for that slot must no longer be used.
   absl::StatusOr<Tensor> Get(int slot_idx, std::vector<int64_t> shape);
+  // The same in an explicit dtype (e.g. F32 logits); a slot that changes dtype is reallocated.
+  absl::StatusOr<Tensor> Get(int slot_idx, DType dtype, std::vector<int64_t> shape);
 
  private:
   Backend& backend_;

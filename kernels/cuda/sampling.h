@@ -1,0 +1,49 @@
+// CUDA token sampling with the semantics of worker/sampler.h (after penalties, which stay on the
+// host for now): greedy below kGreedyTemperature, else logits / temperature, then min_p, top_k,
+// top_p, and an inverse-CDF draw over the kept tokens in descending order with the same
+// (seed, position) Philox4x32-10 uniform as SamplingUniform, so GPU and CPU pick the same token
+// from the same logits (up to rounding of partial sums at a token boundary, ~1e-16 relative).
+//
+// Each row's vocabulary is sorted (CUB segmented radix sort, stable, so ties keep the lower id
+// first), then one block per row counts, scans and selects in double. Sorting the whole vocabulary
+// is the simple first version; a later one should select the top candidates without a full sort.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace switchyard::kernels::cuda {
+
+inline constexpr float kCudaGreedyTemperature = 1e-5f;  // worker/sampler.h kGreedyTemperature
+
+struct SamplingRowParams {
+  float temperature = 1.0f;
+  int32_t top_k = 0;  // 0 or -1: off
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  uint64_t seed = 0;
+  uint64_t position = 0;
+};
+
+// Bytes of device workspace LaunchSampleTokens needs for this shape (queries CUB; needs a device).
+// 0 with an error when the shape is out of range (num_rows * vocab_size >= 2^31).
+cudaError_t SamplingWorkspaceBytes(int64_t num_rows, int64_t vocab_size, size_t* bytes);
+
+// token_ids[r] = the token sampled from logits[r, :] with params[r] (device arrays). REQUIRES:
+// workspace of at least SamplingWorkspaceBytes bytes (256-byte aligned); each row valid per
+// ValidateSamplingParams, with no NaN or +inf and at least one finite logit.
+cudaError_t LaunchSampleTokens(const float* logits, int64_t num_rows, int64_t vocab_size,
+                               const SamplingRowParams* params, void* workspace,
+                               size_t workspace_bytes, int32_t* token_ids, cudaStream_t stream);
+
+// token_ids[r] = argmax of logits[r, :] (ties to the lowest id). No workspace.
+cudaError_t LaunchArgmax(const float* logits, int64_t num_rows, int64_t vocab_size,
+                         int32_t* token_ids, cudaStream_t stream);
+
+// out[i] = the uniform SamplingUniform(seeds[i], positions[i]) computed on the device (tests).
+cudaError_t LaunchSamplingUniform(const uint64_t* seeds, const uint64_t* positions, int64_t n,
+                                  double* out, cudaStream_t stream);
+
+}  // namespace switchyard::kernels::cuda
