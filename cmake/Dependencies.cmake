@@ -3,6 +3,10 @@
 
 find_package(Threads REQUIRED)
 find_package(absl CONFIG REQUIRED)
+# Debian's protobuf has no CMake config: the FindProtobuf module. gRPC's config finds its own deps.
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(prometheus-cpp CONFIG REQUIRED)  # no version file: never ask for a version
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(spdlog CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
