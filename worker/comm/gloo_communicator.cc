@@ -317,6 +317,11 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateGlooCommunicator(
     gloo::rendezvous::PrefixStore prefixed(options.store_prefix, *store);
     TimeoutStore bounded(prefixed, ToMillis(options.comm.connect_timeout));
     context->connectFullMesh(bounded, device);
+    // A rank can finish connecting before its peers have; without this barrier a rank that then
+    // exits early (nothing to do) breaks a slower peer's half-made connection.
+    gloo::BarrierOptions barrier(context);
+    barrier.setTimeout(ToMillis(options.comm.connect_timeout));
+    gloo::barrier(barrier);
     context->setTimeout(ToMillis(options.comm.timeout));
     return absl::OkStatus();
   }));

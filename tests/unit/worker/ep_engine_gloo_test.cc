@@ -86,8 +86,9 @@ TEST_P(EpEngineGlooTest, ProcessesMatchTheSingleProcessEngine) {
 }
 
 INSTANTIATE_TEST_SUITE_P(FamiliesAndRanks, EpEngineGlooTest,
-                         ::testing::Combine(::testing::Values("mixtral", "llama4", "qwen2_moe"),
-                                            ::testing::Values(2, 4)),
+                         ::testing::Combine(::testing::Values("llama", "mixtral", "qwen2_moe", "qwen3_moe",
+                                                              "olmoe", "llama4", "llama4_text"),
+                                            ::testing::Values(2, 3, 4)),
                          [](const auto& info) {
                            return std::get<0>(info.param) + "_" +
                                   std::to_string(std::get<1>(info.param)) + "ranks";
