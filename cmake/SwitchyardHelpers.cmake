@@ -5,6 +5,7 @@
 #   switchyard_cc_binary(NAME switchyard-run SRCS main.cc DEPS switchyard::engine)
 #     -> build/bin/switchyard-run
 #   switchyard_cc_test(NAME engine_test SRCS engine_test.cc DEPS switchyard::engine LABELS unit)
+#     (one label per test target: gtest_discover_tests would split a list into separate properties)
 #     -> a GoogleTest binary whose cases ctest discovers at test time
 
 function(switchyard_cc_library)
