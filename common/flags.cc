@@ -7,6 +7,8 @@
 #include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
 
 namespace switchyard {
@@ -34,6 +36,12 @@ bool NormalizeFlagArg(std::string& arg) {
 }  // namespace
 
 std::vector<char*> ParseFlagsWithEnv(int argc, char** argv) {
+  // --help lists the project's flags wherever they are defined (absl's default shows only flags
+  // from a file named like the binary), and leaves out abseil's own.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return !absl::StrContains(file, "absl/"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
   for (auto& [name, flag] : absl::GetAllFlags()) {
     std::string env_name = "SWITCHYARD_" + absl::AsciiStrToUpper(name);
     const char* value = std::getenv(env_name.c_str());
