@@ -73,6 +73,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const ModelConfig& config
   return engine;
 }
 
+uint64_t Engine::resident_bytes() const {
+  uint64_t bytes = weights_.resident_bytes;
+  for (const Tensor& t : k_cache_) bytes += static_cast<uint64_t>(t.num_bytes());
+  for (const Tensor& t : v_cache_) bytes += static_cast<uint64_t>(t.num_bytes());
+  return bytes;
+}
+
 absl::Status Engine::AllocateKvCache(const EngineOptions& options) {
   if (options.block_size <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("block_size: expected > 0, found ", options.block_size));

@@ -60,7 +60,10 @@ class Engine {
   int64_t block_size() const { return block_size_; }
   int64_t num_kv_blocks() const { return num_kv_blocks_; }
   uint64_t weight_bytes_loaded() const { return weight_bytes_loaded_; }
+  // Bytes held in the backend's memory: resident weights plus the KV cache.
+  uint64_t resident_bytes() const;
   Backend& backend() { return *backend_; }
+  const Backend& backend() const { return *backend_; }
   // The loaded weights (an expert-parallel executor runs its local experts from them).
   const ModelWeights& weights() const { return weights_; }
 

@@ -32,8 +32,15 @@ class Loader {
   absl::StatusOr<Tensor> Upload(std::vector<int64_t> shape) {
     SY_ASSIGN_OR_RETURN(Tensor t, backend_.Empty(backend_.activation_dtype(), std::move(shape)));
     SY_RETURN_IF_ERROR(backend_.CopyFromHost(host_, t));
+    resident_bytes_ += static_cast<uint64_t>(t.num_bytes());
     return t;
   }
+
+ public:
+  uint64_t resident_bytes() const { return resident_bytes_; }
+
+ private:
+  uint64_t resident_bytes_ = 0;
 
   const Checkpoint& checkpoint_;
   Backend& backend_;
@@ -169,6 +176,7 @@ absl::StatusOr<ModelWeights> LoadModelWeights(const ModelConfig& config,
     SY_RETURN_IF_ERROR(LoadAttention(config, i, loader, weights.layers[i]));
     SY_RETURN_IF_ERROR(LoadFfn(config, i, loader, options, weights.layers[i]));
   }
+  weights.resident_bytes = loader.resident_bytes();
   return weights;
 }
 

@@ -48,6 +48,7 @@ struct ModelWeights {
   Tensor final_norm;    // [H]
   Tensor lm_head;       // [V, H] (the embedding when tied)
   std::vector<LayerWeights> layers;
+  uint64_t resident_bytes = 0;  // bytes the weights occupy in the backend's memory
 };
 
 struct WeightLoadOptions {

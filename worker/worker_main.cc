@@ -105,7 +105,11 @@ WorkerServiceHooks MakeHooks(WorkerRuntime& runtime, MetricsState& state,
                                                             static_cast<int>(request.rank()),
                                                             response.device(), state.per_expert);
     state.recorder = std::make_unique<StepMetricsRecorder>(state.worker.get());
-    state.worker->device_memory_used_bytes.Set(static_cast<double>(response.weight_bytes_loaded()));
+    if (const Engine* engine = runtime.engine(); engine != nullptr) {
+      state.worker->device_memory_used_bytes.Set(static_cast<double>(engine->resident_bytes()));
+      state.worker->device_memory_total_bytes.Set(
+          static_cast<double>(engine->backend().total_memory_bytes()));
+    }
   };
   hooks.on_step = [&](const v1::StepRequest&, const v1::StepResponse& response,
                       const absl::Status& status, double seconds) {

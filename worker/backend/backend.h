@@ -42,6 +42,8 @@ class Backend {
   // The dtype the engine uses for weights, activations and the KV cache on this backend (CPU: F32;
   // CUDA: BF16, with fp32 accumulation inside the ops). Logits and router scores stay F32.
   virtual DType activation_dtype() const = 0;
+  // Memory of the device this backend computes on (host RAM for the CPU backend), 0 if unknown.
+  virtual uint64_t total_memory_bytes() const = 0;
 
   // Memory. Contents of Empty() are unspecified.
   virtual absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) = 0;

@@ -1,5 +1,7 @@
 // The CPU backend: fp32 tensors in host memory, computed by the reference kernels in kernels/cpu
 // (GEMMs through OpenBLAS).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -29,6 +31,10 @@ class CpuBackend final : public Backend {
   BackendKind kind() const override { return BackendKind::kCpu; }
   std::string_view name() const override { return "cpu"; }
   DType activation_dtype() const override { return DType::kF32; }
+  uint64_t total_memory_bytes() const override {
+    const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page_bytes > 0 ? static_cast<uint64_t>(pages) * page_bytes : 0;
+  }
 
   absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
     if (dtype != DType::kF32) {

@@ -87,6 +87,10 @@ class CudaBackend final : public Backend {
   BackendKind kind() const override { return BackendKind::kCuda; }
   std::string_view name() const override { return "cuda"; }
   DType activation_dtype() const override { return DType::kBF16; }
+  uint64_t total_memory_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    return cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess ? total_bytes : 0;
+  }
 
   absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
     if (dtype != DType::kF32 && dtype != DType::kBF16) {
