@@ -9,6 +9,12 @@
 // values), exactly the bytes of a bf16 row of hidden 4096; the dispatcher only sees bytes, so the
 // traffic is the bf16 traffic. One extra decode case moves real fp32 rows of hidden 4096.
 //
+// Bytes: "logical" is one row per (token, choice) to other ranks, out and back (what a dispatcher
+// without deduplication moves); "wire" is what this dispatcher sends (a token's row once per
+// destination rank plus 12-byte entries out, one row per choice back). Each byte is counted once,
+// by its sender. The "rank sums" cases return one partial sum per (token, rank) instead of one row
+// per choice (DispatchOptions::sum_per_rank).
+//
 //   build/bin/bench-dispatch [--ranks 2,4] [--decode-iters 20] [--prefill-iters 3]
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -60,6 +66,7 @@ struct SizeCase {
   int64_t tokens_per_rank;
   int64_t hidden;  // fp32 values per row
   int iters;
+  bool sum_per_rank = false;  // DispatchOptions::sum_per_rank
 };
 
 double Seconds(Clock::time_point start) {
@@ -173,11 +180,41 @@ absl::StatusOr<double> GlooPairRate(Communicator& comm) {
 // ---- Dispatch + combine. ----
 
 struct RunFigures {
-  double wall_s = 0;          // Run() wall time
-  double a2a_s = 0;           // two plain all-to-all-vs of the same per-peer bytes (out and back)
-  double comm_s = 0;          // dispatch_time + combine_time (excludes the identity experts)
-  double off_rank_bytes = 0;  // bytes this rank sent to other ranks, dispatch + combine
+  double wall_s = 0;         // Run() wall time
+  double comm_s = 0;         // dispatch_time + combine_time (excludes the identity experts)
+  double a2a_wire_s = 0;     // plain all-to-all-vs of the bytes the dispatcher moved (out, back)
+  double a2a_logical_s = 0;  // the same for one row per choice both ways (the old layout)
+  double logical_bytes = 0;  // bytes one row per choice would send to other ranks, out + back
+  double wire_bytes = 0;     // bytes this rank actually sent to other ranks, out + back
 };
+
+// Two plain all-to-all-vs (out with `out_bytes` per peer, back with `back_bytes`), timed between
+// barriers: the transport alone, with no packing, grouping or combining.
+absl::StatusOr<double> TimePlainExchange(Communicator& comm, const std::vector<int64_t>& out_send,
+                                         const std::vector<int64_t>& out_recv,
+                                         const std::vector<int64_t>& back_send,
+                                         const std::vector<int64_t>& back_recv,
+                                         std::vector<char>* send_buffer,
+                                         std::vector<char>* recv_buffer) {
+  AllToAllVBuffer out_s, out_r, back_s, back_r;
+  out_s.counts_bytes = out_send;
+  out_r.counts_bytes = out_recv;
+  back_s.counts_bytes = back_send;
+  back_r.counts_bytes = back_recv;
+  const int64_t send_bytes = std::max(PackOffsets(&out_s), PackOffsets(&back_s));
+  const int64_t recv_bytes = std::max(PackOffsets(&out_r), PackOffsets(&back_r));
+  if (static_cast<int64_t>(send_buffer->size()) < send_bytes + 1)
+    send_buffer->resize(send_bytes + 1);
+  if (static_cast<int64_t>(recv_buffer->size()) < recv_bytes + 1)
+    recv_buffer->resize(recv_bytes + 1);
+  out_s.data = back_s.data = send_buffer->data();
+  out_r.data = back_r.data = recv_buffer->data();
+  if (absl::Status b = comm.Barrier(); !b.ok()) return b;
+  const auto start = Clock::now();
+  if (absl::Status a = comm.AllToAllV(out_s, out_r); !a.ok()) return a;
+  if (absl::Status a = comm.AllToAllV(back_s, back_r); !a.ok()) return a;
+  return Seconds(start);
+}
 
 absl::StatusOr<std::vector<RunFigures>> BenchSize(Communicator& comm, const SizeCase& size) {
   const int me = comm.rank();
@@ -200,10 +237,9 @@ absl::StatusOr<std::vector<RunFigures>> BenchSize(Communicator& comm, const Size
     std::memcpy(out_rows, rows, offsets[num_slots] * row_hidden * sizeof(float));
     return absl::OkStatus();
   };
-  MoeDispatcher dispatcher(&comm);
+  MoeDispatcher dispatcher(&comm, DispatchOptions{.sum_per_rank = size.sum_per_rank});
   std::vector<RunFigures> figures;
   std::vector<char> a2a_send, a2a_recv;
-  AllToAllVBuffer send_desc, recv_desc;
   for (int iter = -1; iter < size.iters; ++iter) {  // iteration -1 warms the buffers up
     if (absl::Status s = comm.Barrier(); !s.ok()) return s;
     DispatchStats stats;
@@ -216,20 +252,22 @@ absl::StatusOr<std::vector<RunFigures>> BenchSize(Communicator& comm, const Size
     f.comm_s = absl::ToDoubleSeconds(stats.dispatch_time + stats.combine_time);
     for (int peer = 0; peer < comm.world_size(); ++peer) {
       if (peer == me) continue;
-      f.off_rank_bytes += stats.bytes_sent_per_peer[peer] + stats.bytes_received_per_peer[peer];
+      // Out: what this rank dispatches; back: the results of the rows it received.
+      f.logical_bytes += stats.bytes_sent_per_peer[peer] + stats.bytes_received_per_peer[peer];
+      f.wire_bytes +=
+          stats.dispatch_bytes_sent_per_peer[peer] + stats.combine_bytes_sent_per_peer[peer];
     }
-    // The transport alone: the same bytes per peer, out and back, with no packing or grouping.
-    send_desc.counts_bytes = stats.bytes_sent_per_peer;
-    recv_desc.counts_bytes = stats.bytes_received_per_peer;
-    a2a_send.resize(PackOffsets(&send_desc) + 1);
-    a2a_recv.resize(PackOffsets(&recv_desc) + 1);
-    send_desc.data = a2a_send.data();
-    recv_desc.data = a2a_recv.data();
-    if (absl::Status b = comm.Barrier(); !b.ok()) return b;
-    const auto a2a_start = Clock::now();
-    if (absl::Status a = comm.AllToAllV(send_desc, recv_desc); !a.ok()) return a;
-    if (absl::Status a = comm.AllToAllV(recv_desc, send_desc); !a.ok()) return a;
-    f.a2a_s = Seconds(a2a_start);
+    auto wire =
+        TimePlainExchange(comm, stats.dispatch_bytes_sent_per_peer,
+                          stats.dispatch_bytes_received_per_peer, stats.combine_bytes_sent_per_peer,
+                          stats.combine_bytes_received_per_peer, &a2a_send, &a2a_recv);
+    if (!wire.ok()) return wire.status();
+    f.a2a_wire_s = *wire;
+    auto logical = TimePlainExchange(comm, stats.bytes_sent_per_peer, stats.bytes_received_per_peer,
+                                     stats.bytes_received_per_peer, stats.bytes_sent_per_peer,
+                                     &a2a_send, &a2a_recv);
+    if (!logical.ok()) return logical.status();
+    f.a2a_logical_s = *logical;
     if (iter >= 0) figures.push_back(f);
   }
   return figures;
@@ -245,43 +283,55 @@ double Median(std::vector<double> v) {
 absl::Status ReportSize(Communicator& comm, const SizeCase& size,
                         const std::vector<RunFigures>& mine, double raw_gbps) {
   const int world_size = comm.world_size();
-  constexpr int kValues = 4;
+  constexpr int kValues = 6;
   const int64_t num_values = static_cast<int64_t>(mine.size()) * kValues;
   std::vector<double> send(num_values), all(num_values * world_size);
   for (size_t i = 0; i < mine.size(); ++i) {
-    send[kValues * i] = mine[i].wall_s;
-    send[kValues * i + 1] = mine[i].comm_s;
-    send[kValues * i + 2] = mine[i].off_rank_bytes;
-    send[kValues * i + 3] = mine[i].a2a_s;
+    double* v = send.data() + kValues * i;
+    v[0] = mine[i].wall_s;
+    v[1] = mine[i].comm_s;
+    v[2] = mine[i].a2a_wire_s;
+    v[3] = mine[i].a2a_logical_s;
+    v[4] = mine[i].logical_bytes;
+    v[5] = mine[i].wire_bytes;
   }
   if (absl::Status s = comm.AllGather(send.data(), num_values * sizeof(double), all.data());
       !s.ok()) {
     return s;
   }
   if (comm.rank() != 0) return absl::OkStatus();
-  std::vector<double> wall, comm_time, a2a_time, per_rank_gbps, aggregate_gbps;
+  // Per iteration: the slowest rank's times; bytes summed over the ranks (each counted once, by
+  // its sender).
+  std::vector<double> wall, comm_time, a2a_wire, a2a_logical, logical_mb, wire_mb, logical_gbps,
+      wire_gbps;
   for (size_t i = 0; i < mine.size(); ++i) {
-    double max_wall = 0, max_comm = 0, max_a2a = 0, total_bytes = 0;
+    double max_wall = 0, max_comm = 0, max_wire = 0, max_logical = 0, logical = 0, wire = 0;
     for (int r = 0; r < world_size; ++r) {
       const double* v = all.data() + r * num_values + kValues * i;
       max_wall = std::max(max_wall, v[0]);
       max_comm = std::max(max_comm, v[1]);
-      total_bytes += v[2];
-      max_a2a = std::max(max_a2a, v[3]);
+      max_wire = std::max(max_wire, v[2]);
+      max_logical = std::max(max_logical, v[3]);
+      logical += v[4];
+      wire += v[5];
     }
     wall.push_back(max_wall);
     comm_time.push_back(max_comm);
-    a2a_time.push_back(max_a2a);
-    // Each byte crossing ranks is counted by its sender and its receiver: halve for the traffic.
-    aggregate_gbps.push_back(total_bytes / 2 / max_wall / 1e9);
-    per_rank_gbps.push_back(total_bytes / 2 / world_size / max_wall / 1e9);
+    a2a_wire.push_back(max_wire);
+    a2a_logical.push_back(max_logical);
+    logical_mb.push_back(logical / 1e6);
+    wire_mb.push_back(wire / 1e6);
+    logical_gbps.push_back(logical / max_wall / 1e9);
+    wire_gbps.push_back(wire / max_wall / 1e9);
   }
   const int64_t row_bytes = size.hidden * static_cast<int64_t>(sizeof(float));
-  const double agg = Median(aggregate_gbps);
-  std::printf("%5d  %-26s %6lld  %9lld  %9.2f  %9.2f  %9.2f  %8.3f  %9.3f  %6.2f\n", world_size,
-              size.name, static_cast<long long>(size.tokens_per_rank),
-              static_cast<long long>(row_bytes), Median(wall) * 1e3, Median(comm_time) * 1e3,
-              Median(a2a_time) * 1e3, Median(per_rank_gbps), agg, agg / raw_gbps);
+  std::printf(
+      "%5d  %-25s %6lld %6lld  %8.2f %8.2f %8.2f %8.2f  %8.1f %7.1f  %7.3f %7.3f  %5.2f %5.2f\n",
+      world_size, size.name, static_cast<long long>(size.tokens_per_rank),
+      static_cast<long long>(row_bytes), Median(wall) * 1e3, Median(comm_time) * 1e3,
+      Median(a2a_wire) * 1e3, Median(a2a_logical) * 1e3, Median(logical_mb), Median(wire_mb),
+      Median(logical_gbps), Median(wire_gbps), Median(logical_gbps) / raw_gbps,
+      Median(wire_gbps) / raw_gbps);
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -310,14 +360,16 @@ absl::Status RankMain(int rank, int world_size, const std::string& store_dir,
         " Gloo one-pair all-to-all-v: %.3f GB/s\n",
         world_size, kStreamReps, raw_gbps, *gloo_rate);
     std::printf(
-        "ranks  case                       tok/rk  row_bytes  wall ms    comm ms    "
-        "a2a ms     GB/s/rk   agg GB/s   agg/raw\n");
+        "ranks  case                      tok/rk  row_B   wall ms  comm ms a2a wire  a2a log"
+        "  logic MB wire MB  log GB/s wireGB/s  log/raw wire/raw\n");
     std::fflush(stdout);
   }
   const std::vector<SizeCase> sizes = {
       {"decode, bf16-sized rows", 128, 2048, options.decode_iters},
       {"prefill, bf16-sized rows", 4096, 2048, options.prefill_iters},
       {"decode, fp32 rows h4096", 128, 4096, options.decode_iters},
+      {"decode, bf16, rank sums", 128, 2048, options.decode_iters, true},
+      {"prefill, bf16, rank sums", 4096, 2048, options.prefill_iters, true},
   };
   for (const SizeCase& size : sizes) {
     auto figures = BenchSize(**comm, size);
@@ -388,10 +440,13 @@ int main(int argc, char** argv) {
       "MoE dispatch + combine over Gloo on 127.0.0.1: top-%lld of %d experts, contiguous "
       "placement, identity experts.\nbf16-sized rows: 8192 B = bf16 hidden 4096 (moved as "
       "2048 fp32 values; the dispatcher moves bytes).\nwall ms: Run() on the slowest rank, "
-      "median; comm ms: its dispatch + combine phases (no experts); a2a ms: two plain "
-      "all-to-all-vs of the same bytes per peer (transport alone).\nGB/s: bytes crossing "
-      "ranks (dispatch + combine) / wall time, per rank and aggregate; agg/raw: aggregate "
-      "over the raw TCP stream.\n",
+      "median; comm ms: its dispatch + combine phases (no experts); a2a wire / a2a log ms: two "
+      "plain all-to-all-vs (out, back) of the bytes the dispatcher moved / of one row per choice "
+      "both ways (transport alone).\nlogic MB: bytes crossing ranks with one row per choice "
+      "out and back; wire MB: bytes actually sent (token rows once per rank + entries out, one "
+      "row per choice back, or one per (token, rank) in the rank-sums cases); each byte counted "
+      "once, by its sender, summed over ranks.\nGB/s: "
+      "those bytes / wall time; /raw: over the raw TCP stream.\n",
       static_cast<long long>(switchyard::kTopK), switchyard::kNumExperts);
   std::fflush(stdout);
   int failures = 0;

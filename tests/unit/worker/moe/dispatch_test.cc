@@ -4,6 +4,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,89 @@ MoeCase Case(int world_size, int64_t k, Routing routing, std::vector<int64_t> to
   moe_case.routing = routing;
   moe_case.tokens_per_rank = std::move(tokens);
   return moe_case;
+}
+
+// What rank `source` should send under deduplication, derived from its inputs and the
+// placement's replica rule alone: choices per destination rank (self included) and token rows per
+// destination rank (one per token and rank with at least one choice there; none to itself).
+struct ExpectedTraffic {
+  std::vector<int64_t> choices;
+  std::vector<int64_t> token_rows;
+};
+
+ExpectedTraffic ExpectTraffic(const LayerPlacement& placement, const MoeCase& moe_case,
+                              int source) {
+  const testing::RankInputs in = testing::MakeInputs(moe_case, source);
+  ExpectedTraffic expected;
+  expected.choices.assign(moe_case.world_size, 0);
+  expected.token_rows.assign(moe_case.world_size, 0);
+  ReplicaChooser chooser;
+  chooser.Reset(placement, source);
+  for (int64_t t = 0; t < in.num_tokens; ++t) {
+    std::set<int32_t> ranks;
+    for (int64_t j = 0; j < moe_case.k; ++j) {
+      const PhysicalSlot slot = chooser.Choose(placement, in.ids[t * moe_case.k + j]);
+      ++expected.choices[slot.rank];
+      if (slot.rank != source) ranks.insert(slot.rank);
+    }
+    for (int32_t rank : ranks) ++expected.token_rows[rank];
+  }
+  return expected;
+}
+
+// Checks every per-peer figure of `stats` on rank `me` against ExpectTraffic of all ranks.
+absl::Status CheckTraffic(const DispatchStats& stats, const LayerPlacement& placement,
+                          const MoeCase& moe_case, int me) {
+  const int64_t row_bytes = moe_case.hidden * 4;
+  const ExpectedTraffic mine = ExpectTraffic(placement, moe_case, me);
+  for (int peer = 0; peer < moe_case.world_size; ++peer) {
+    const ExpectedTraffic theirs = ExpectTraffic(placement, moe_case, peer);
+    const int64_t sent = mine.choices[peer], received = theirs.choices[me];
+    const int64_t rows_out = mine.token_rows[peer], rows_in = theirs.token_rows[me];
+    const bool remote = peer != me;
+    const std::vector<std::pair<int64_t, int64_t>> checks = {
+        {stats.rows_sent_per_peer[peer], sent},
+        {stats.rows_received_per_peer[peer], received},
+        {stats.bytes_sent_per_peer[peer], sent * row_bytes},
+        {stats.bytes_received_per_peer[peer], received * row_bytes},
+        {stats.token_rows_sent_per_peer[peer], rows_out},
+        {stats.token_rows_received_per_peer[peer], rows_in},
+        {stats.dispatch_bytes_sent_per_peer[peer],
+         remote ? rows_out * row_bytes + sent * kDispatchEntryBytes : 0},
+        {stats.dispatch_bytes_received_per_peer[peer],
+         remote ? rows_in * row_bytes + received * kDispatchEntryBytes : 0},
+        // Back: one row per choice, or one per token row with sum_per_rank.
+        {stats.combine_bytes_sent_per_peer[peer],
+         remote ? (moe_case.sum_per_rank ? rows_in : received) * row_bytes : 0},
+        {stats.combine_bytes_received_per_peer[peer],
+         remote ? (moe_case.sum_per_rank ? rows_out : sent) * row_bytes : 0},
+    };
+    for (size_t i = 0; i < checks.size(); ++i) {
+      if (checks[i].first != checks[i].second) {
+        return absl::InternalError(absl::StrCat("rank ", me, " peer ", peer, ": traffic figure ", i,
+                                                " is ", checks[i].first, ", expected ",
+                                                checks[i].second));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Runs `moe_case` on every rank, checks the outputs and every rank's traffic figures; then the
+// same with per-rank partial sums on the way back (results within the same tolerance).
+void ExpectDispatchAndTraffic(MoeCase moe_case, const LayerPlacement& placement) {
+  for (bool sum_per_rank : {false, true}) {
+    moe_case.sum_per_rank = sum_per_rank;
+    SCOPED_TRACE(sum_per_rank ? "sum_per_rank" : "one row per choice back");
+    const auto statuses =
+        RunLoopbackRanks(moe_case.world_size, FastOptions(), [&](Communicator& c) {
+          DispatchStats stats;
+          absl::Status status = RunAndCheckDispatch(c, placement, moe_case, &stats);
+          if (!status.ok()) return status;
+          return CheckTraffic(stats, placement, moe_case, c.rank());
+        });
+    for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
+  }
 }
 
 class DispatchWorldTest : public ::testing::TestWithParam<int> {
@@ -230,6 +314,127 @@ TEST_P(DispatchWorldTest, WarmDispatcherReusesBuffersAcrossBatchSizes) {
       if (!status.ok()) return status;
     }
     return absl::OkStatus();
+  });
+  for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
+}
+
+// Deduplication: a token with several choices on one rank sends its row there once, with one
+// entry per choice; the receiver expands it to every chosen slot.
+TEST_P(DispatchWorldTest, TokenRowGoesOnceToEachRank) {
+  const MoeCase moe_case = Case(world_size(), 4, Routing::kRandom, Tokens({7, 12, 3, 9}));
+  const LayerPlacement placement = Contiguous(8);
+  if (world_size() > 1) {  // the case must exercise deduplication
+    const ExpectedTraffic expected = ExpectTraffic(placement, moe_case, 0);
+    int64_t remote_choices = 0, remote_rows = 0;
+    for (int rank = 1; rank < world_size(); ++rank) {
+      remote_choices += expected.choices[rank];
+      remote_rows += expected.token_rows[rank];
+    }
+    ASSERT_GT(remote_rows, 0);
+    ASSERT_LT(remote_rows, remote_choices);
+  }
+  ExpectDispatchAndTraffic(moe_case, placement);
+}
+
+// Top-8 with all eight choices of every token on one rank: one token row and eight entries.
+TEST_P(DispatchWorldTest, TopEightAllOnOneRank) {
+  MoeCase moe_case = Case(world_size(), 8, Routing::kOneBlock, Tokens({5, 0, 9, 3}));
+  moe_case.num_experts = 8 * world_size();
+  const LayerPlacement placement = Contiguous(moe_case.num_experts);
+  for (int rank = 0; rank < world_size(); ++rank) {
+    const ExpectedTraffic expected = ExpectTraffic(placement, moe_case, rank);
+    for (int peer = 0; peer < world_size(); ++peer) {
+      if (peer != rank) {
+        EXPECT_EQ(expected.choices[peer], 8 * expected.token_rows[peer]);
+      }
+    }
+  }
+  ExpectDispatchAndTraffic(moe_case, placement);
+  moe_case.scale_input_by_weight = true;  // the receiver scales each expanded copy by its weight
+  ExpectDispatchAndTraffic(moe_case, placement);
+}
+
+// Replicas with several choices per rank: a token's choices may land on replicas of different
+// ranks; each rank still gets the row once and the results do not change.
+TEST_P(DispatchWorldTest, ReplicasWithSeveralChoicesPerRank) {
+  if (world_size() == 1) GTEST_SKIP() << "replicas need two ranks";
+  std::vector<double> loads = {50, 3, 1, 1, 30, 1, 20, 1};
+  const LayerPlacement placement = LayerPlacement::Balanced(8, world_size(), 2, loads).value();
+  ExpectDispatchAndTraffic(Case(world_size(), 4, Routing::kRandom, Tokens({21, 6, 0, 13})),
+                           placement);
+  MoeCase scaled = Case(world_size(), 3, Routing::kRandom, Tokens({11, 17}));
+  scaled.scale_input_by_weight = true;
+  ExpectDispatchAndTraffic(scaled, placement);
+}
+
+// Zero tokens on some or all ranks: nothing moves from them, every figure is zero-sized right.
+TEST_P(DispatchWorldTest, ZeroTokensTraffic) {
+  ExpectDispatchAndTraffic(Case(world_size(), 4, Routing::kRandom, Tokens({0})), Contiguous(8));
+  ExpectDispatchAndTraffic(Case(world_size(), 4, Routing::kRandom, Tokens({0, 6, 0, 2})),
+                           Contiguous(8));
+  MoeCase top8 = Case(world_size(), 8, Routing::kOneBlock, Tokens({3, 0}));
+  top8.num_experts = 8 * world_size();
+  ExpectDispatchAndTraffic(top8, Contiguous(top8.num_experts));
+}
+
+// Provenance with k = 3: each row carries {source rank, token}; every slot must see exactly the
+// tokens that chose its expert, in (source rank, token) order, although each token's row crossed
+// to a rank only once.
+TEST_P(DispatchWorldTest, ProvenanceWithSeveralChoicesPerRank) {
+  MoeCase moe_case = Case(world_size(), 3, Routing::kRandom, Tokens({9, 0, 14, 5}));
+  moe_case.hidden = 4;
+  const LayerPlacement placement = Contiguous(8);
+  std::vector<testing::RankInputs> inputs;
+  for (int rank = 0; rank < world_size(); ++rank) {
+    inputs.push_back(testing::MakeInputs(moe_case, rank));
+    for (int64_t t = 0; t < inputs[rank].num_tokens; ++t) {
+      float* row = inputs[rank].x.data() + t * 4;
+      row[0] = static_cast<float>(rank);
+      row[1] = static_cast<float>(t);
+      row[2] = 0.25f;
+      row[3] = 0.5f;
+    }
+  }
+  auto chose = [&](int src, int64_t t, int32_t expert) {
+    for (int64_t j = 0; j < 3; ++j) {
+      if (inputs[src].ids[t * 3 + j] == expert) return true;
+    }
+    return false;
+  };
+  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
+    const int me = comm.rank();
+    const GroupedExpertFn toy = testing::ToyExperts(placement, me);
+    GroupedExpertFn checking = [&](const float* rows, const int64_t* offsets, int64_t num_slots,
+                                   int64_t hidden, float* out) -> absl::Status {
+      for (int64_t slot = 0; slot < num_slots; ++slot) {
+        const int32_t expert = placement.expert_at(me, static_cast<int32_t>(slot));
+        int64_t row_idx = offsets[slot];
+        for (int src = 0; src < world_size(); ++src) {
+          for (int64_t t = 0; t < inputs[src].num_tokens; ++t) {
+            if (!chose(src, t, expert)) continue;
+            const float* row = rows + row_idx * hidden;
+            if (row_idx >= offsets[slot + 1] || row[0] != src || row[1] != t || row[2] != 0.25f ||
+                row[3] != 0.5f) {
+              return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": row ",
+                                                      row_idx, " is not token ", t, " of rank ",
+                                                      src));
+            }
+            ++row_idx;
+          }
+        }
+        if (row_idx != offsets[slot + 1]) {
+          return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": extra rows"));
+        }
+      }
+      return toy(rows, offsets, num_slots, hidden, out);
+    };
+    const testing::RankInputs& in = inputs[me];
+    std::vector<float> out(in.num_tokens * 4);
+    absl::Status status =
+        MoeDispatchCombine(comm, placement, in.x.data(), in.num_tokens, 4, in.ids.data(),
+                           in.weights.data(), 3, checking, out.data(), nullptr);
+    if (!status.ok()) return status;
+    return testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, me);
   });
   for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
 }

@@ -36,6 +36,9 @@ RankInputs MakeInputs(const MoeCase& moe_case, int rank) {
           break;
         case Routing::kSpread:
           id = static_cast<int32_t>((t * k + j + rank) % moe_case.num_experts);
+          break;
+        case Routing::kOneBlock:
+          id = static_cast<int32_t>(((t + rank) % (moe_case.num_experts / k)) * k + (j + t) % k);
       }
     }
   }
@@ -112,6 +115,7 @@ absl::Status RunAndCheckDispatch(Communicator& comm, const LayerPlacement& place
   int num_calls = 0;
   DispatchOptions options;
   options.scale_input_by_weight = moe_case.scale_input_by_weight;
+  options.sum_per_rank = moe_case.sum_per_rank;
   absl::Status status =
       MoeDispatchCombine(comm, placement, inputs.x.data(), inputs.num_tokens, moe_case.hidden,
                          inputs.ids.data(), inputs.weights.data(), moe_case.k,

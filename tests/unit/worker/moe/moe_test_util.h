@@ -17,6 +17,9 @@ enum class Routing {
   kRandom,      // k distinct random experts per token
   kSameExpert,  // every choice of every token on every rank picks expert 0 (k must be 1)
   kSpread,      // choice j of token t on rank r picks (t * k + j + r) % num_experts: all-to-all
+  kOneBlock,    // choice j of token t on rank r picks b * k + (j + t) % k with b = (t + r) %
+                // (num_experts / k): all k choices in one block of k consecutive experts (one
+                // rank under Contiguous(k * world_size)), in a rotated order
 };
 
 struct MoeCase {
@@ -27,6 +30,7 @@ struct MoeCase {
   std::vector<int64_t> tokens_per_rank;  // world_size entries
   Routing routing = Routing::kRandom;
   bool scale_input_by_weight = false;
+  bool sum_per_rank = false;  // DispatchOptions::sum_per_rank
   uint32_t seed = 1;
 };
 
