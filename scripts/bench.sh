@@ -12,3 +12,7 @@ if [[ -x "$build_dir/bin/bench-dispatch" ]]; then
   echo "== bench-dispatch: MoE dispatch + combine over Gloo (2 and 4 processes on 127.0.0.1)"
   "$build_dir/bin/bench-dispatch"
 fi
+echo "== bench-scheduler: the coordinator's scheduler cost per step (no model compute)"
+"$build_dir/bin/bench-scheduler"
+echo "== bench-coordinator: the step loop's own cost per step (4 fake workers, 256 requests)"
+"$build_dir/bin/bench-coordinator"
