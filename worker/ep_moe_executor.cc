@@ -148,30 +148,27 @@ absl::Status ExpertParallelMoeExecutor::RunLocalExperts(int64_t moe_idx, const f
                                                         float* out_rows) {
   const int64_t num_rows = expert_offsets[num_local_slots];
   if (num_rows == 0) return absl::OkStatus();
-  int64_t max_slot_rows = 0;
-  for (int64_t slot = 0; slot < num_local_slots; ++slot) {
-    max_slot_rows = std::max(max_slot_rows, expert_offsets[slot + 1] - expert_offsets[slot]);
-  }
   const int64_t inter = config_.moe_intermediate_size;
-  SY_ASSIGN_OR_RETURN(Tensor a, scratch_.Get(kScratchA, DType::kF32, {max_slot_rows * 2 * inter}));
-  SY_ASSIGN_OR_RETURN(Tensor b, scratch_.Get(kScratchB, DType::kF32, {max_slot_rows * inter}));
+  SY_ASSIGN_OR_RETURN(Tensor a, scratch_.Get(kScratchA, DType::kF32, {num_rows * 2 * inter}));
+  SY_ASSIGN_OR_RETURN(Tensor b, scratch_.Get(kScratchB, DType::kF32, {num_rows * inter}));
   const Tensor in = BorrowedHostView(rows, num_rows, hidden);
   const Tensor out = BorrowedHostView(out_rows, num_rows, hidden);
   const LayerPlacement& placement = placements_[moe_idx];
   const LayerWeights& layer = weights_.layers[moe_layers_[moe_idx]];
+  std::vector<const ExpertWeights*> slot_experts(num_local_slots, nullptr);  // null: not loaded
   for (int64_t slot = 0; slot < num_local_slots; ++slot) {
-    const int64_t begin = expert_offsets[slot], end = expert_offsets[slot + 1];
-    if (begin == end) continue;
     const int32_t expert_idx = placement.expert_at(rank_, static_cast<int32_t>(slot));
     const ExpertWeights& expert = layer.experts[expert_idx];
-    if (!expert.loaded()) {
+    if (expert.loaded()) {
+      slot_experts[slot] = &expert;
+    } else if (expert_offsets[slot + 1] > expert_offsets[slot]) {
       return absl::FailedPreconditionError(
           absl::StrCat("local slot ", slot, " holds expert ", expert_idx, ", not loaded here"));
     }
-    SY_RETURN_IF_ERROR(
-        ExpertForward(backend_, expert, in.Rows(begin, end), a, b, out.Rows(begin, end)));
   }
-  return absl::OkStatus();
+  return GroupedExpertForward(backend_, slot_experts, in,
+                              std::span<const int64_t>(expert_offsets, num_local_slots + 1), a, b,
+                              out);
 }
 
 void ExpertParallelMoeExecutor::AddToTotals(int64_t moe_idx, const DispatchStats& stats) {

@@ -5,10 +5,11 @@
 // Every rank runs a whole Engine for its own sequences (data-parallel attention, router and shared
 // expert) but loads only the routed experts of its placement slots (ShardLoadPredicate). Per MoE
 // layer, the executor hands the router's choices to a MoeDispatcher, which sends each token's rows
-// to the ranks holding its experts; the grouped expert function runs ExpertForward per local slot
-// on the rows it receives; results come back and are combined in fixed j order, so the logits equal
-// the single-process engine's. Every rank must run every MoE layer of every step in the same order,
-// a rank without tokens through Engine::ForwardIdle() (each layer is three collectives).
+// to the ranks holding its experts; the grouped expert function runs GroupedExpertForward over the
+// local slots on the rows it receives; results come back and are combined in fixed j order, so the
+// logits equal the single-process engine's. Every rank must run every MoE layer of every step in
+// the same order, a rank without tokens through Engine::ForwardIdle() (each layer is three
+// collectives).
 //
 // CPU backend only (fp32 host tensors, a host-memory communicator): the expert rows are wrapped as
 // borrowed Tensor views of the dispatcher's buffers, so nothing is copied for the experts.
@@ -92,7 +93,7 @@ class ExpertParallelMoeExecutor final : public MoeExecutor {
   const std::vector<std::vector<int64_t>>& slot_rows() const { return slot_rows_; }
 
  private:
-  // The GroupedExpertFn body: ExpertForward per local slot of `moe_idx`'s placement.
+  // The GroupedExpertFn body: GroupedExpertForward over the local slots of `moe_idx`'s placement.
   absl::Status RunLocalExperts(int64_t moe_idx, const float* rows, const int64_t* expert_offsets,
                                int64_t num_local_slots, int64_t hidden, float* out_rows);
   absl::Status Fail(absl::Status status);

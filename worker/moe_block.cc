@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 
 #include "common/status_macros.h"
@@ -10,27 +11,74 @@
 
 namespace switchyard {
 
-absl::Status ExpertForward(Backend& backend, const ExpertWeights& expert, const Tensor& rows,
-                           const Tensor& scratch_a, const Tensor& scratch_b, const Tensor& out) {
+namespace {
+
+// The first expert that has rows: it sets the fused flag and intermediate size for the call.
+absl::StatusOr<const ExpertWeights*> FirstExpertWithRows(
+    std::span<const ExpertWeights* const> experts, std::span<const int64_t> offsets) {
+  if (offsets.size() != experts.size() + 1) {
+    return absl::InvalidArgumentError(absl::StrCat("GroupedExpertForward: expected ",
+                                                   experts.size() + 1, " offsets, found ",
+                                                   offsets.size()));
+  }
+  for (size_t g = 0; g < experts.size(); ++g) {
+    if (offsets[g + 1] == offsets[g]) continue;
+    if (experts[g] == nullptr || !experts[g]->loaded()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "GroupedExpertForward: group ", g, " has ", offsets[g + 1] - offsets[g],
+          " rows but its expert is not loaded"));
+    }
+    return experts[g];
+  }
+  return nullptr;
+}
+
+// weights[g] = &(experts[g]->*member), or null for an absent expert.
+std::vector<const Tensor*> ExpertTensors(std::span<const ExpertWeights* const> experts,
+                                         Tensor ExpertWeights::*member) {
+  std::vector<const Tensor*> weights(experts.size(), nullptr);
+  for (size_t g = 0; g < experts.size(); ++g) {
+    if (experts[g] != nullptr && experts[g]->loaded()) weights[g] = &(experts[g]->*member);
+  }
+  return weights;
+}
+
+}  // namespace
+
+absl::Status GroupedExpertForward(Backend& backend, std::span<const ExpertWeights* const> experts,
+                                  const Tensor& rows, std::span<const int64_t> offsets,
+                                  const Tensor& scratch_a, const Tensor& scratch_b,
+                                  const Tensor& out) {
+  SY_ASSIGN_OR_RETURN(const ExpertWeights* first, FirstExpertWithRows(experts, offsets));
+  if (first == nullptr) return absl::OkStatus();
+  for (const ExpertWeights* e : experts) {
+    if (e != nullptr && e->loaded() && e->fused != first->fused) {
+      return absl::InvalidArgumentError(
+          "GroupedExpertForward: experts mix fused gate_up and separate gate/up weights");
+    }
+  }
   const int64_t num_rows = rows.dim(0);
-  if (num_rows == 0) return absl::OkStatus();
-  if (expert.fused) {
+  const std::vector<const Tensor*> down = ExpertTensors(experts, &ExpertWeights::down);
+  if (first->fused) {
     // Llama 4: gate_up [H, 2I] -> [R, 2I] = [gate | up]; down [I, H].
-    const int64_t inter = expert.down.dim(0);
+    const int64_t inter = first->down.dim(0);
     Tensor gate_up = scratch_a.Rows(0, num_rows * 2 * inter).Reshape({num_rows, 2 * inter});
     Tensor act = scratch_b.Rows(0, num_rows * inter).Reshape({num_rows, inter});
-    SY_RETURN_IF_ERROR(backend.MatMul(rows, expert.gate_up, gate_up));
+    SY_RETURN_IF_ERROR(backend.GroupedMatMul(
+        rows, ExpertTensors(experts, &ExpertWeights::gate_up), offsets, gate_up));
     SY_RETURN_IF_ERROR(backend.SiluMulFused(gate_up, act));
-    return backend.MatMul(act, expert.down, out);
+    return backend.GroupedMatMul(act, down, offsets, out);
   }
-  const int64_t inter = expert.gate.dim(0);
+  const int64_t inter = first->gate.dim(0);
   Tensor gate = scratch_a.Rows(0, num_rows * inter).Reshape({num_rows, inter});
   Tensor up = scratch_a.Rows(num_rows * inter, 2 * num_rows * inter).Reshape({num_rows, inter});
   Tensor act = scratch_b.Rows(0, num_rows * inter).Reshape({num_rows, inter});
-  SY_RETURN_IF_ERROR(backend.Linear(rows, expert.gate, Tensor(), gate));
-  SY_RETURN_IF_ERROR(backend.Linear(rows, expert.up, Tensor(), up));
+  SY_RETURN_IF_ERROR(
+      backend.GroupedLinear(rows, ExpertTensors(experts, &ExpertWeights::gate), offsets, gate));
+  SY_RETURN_IF_ERROR(
+      backend.GroupedLinear(rows, ExpertTensors(experts, &ExpertWeights::up), offsets, up));
   SY_RETURN_IF_ERROR(backend.SiluMul(gate, up, act));
-  return backend.Linear(act, expert.down, Tensor(), out);
+  return backend.GroupedLinear(act, down, offsets, out);
 }
 
 namespace {
@@ -56,17 +104,18 @@ class LocalMoeExecutor final : public MoeExecutor {
     const bool scale_input = config_.router_scales_input;
     SY_RETURN_IF_ERROR(backend_.GatherRows(x, src_token_, scale_input ? std::span<const float>(row_weight_)
                                                                       : std::span<const float>(), sorted));
+    experts_.assign(num_experts, nullptr);
     for (int64_t e = 0; e < num_experts; ++e) {
-      const int64_t begin = offsets_[e], end = offsets_[e + 1];
-      if (begin == end) continue;
       const ExpertWeights& expert = layer.experts[e];
-      if (!expert.loaded()) {
+      if (expert.loaded()) {
+        experts_[e] = &expert;
+      } else if (offsets_[e + 1] > offsets_[e]) {
         return absl::FailedPreconditionError(absl::StrCat(
             "layer ", layer_idx, ": tokens routed to expert ", e, " which this process did not load"));
       }
-      SY_RETURN_IF_ERROR(ExpertForward(backend_, expert, sorted.Rows(begin, end), a, b,
-                                       expert_out.Rows(begin, end)));
     }
+    SY_RETURN_IF_ERROR(
+        GroupedExpertForward(backend_, experts_, sorted, offsets_, a, b, expert_out));
     if (scale_input) {
       ones_.assign(num_rows, 1.0f);
       return backend_.CombineRows(expert_out, row_of_, ones_, k, out);
@@ -99,6 +148,7 @@ class LocalMoeExecutor final : public MoeExecutor {
   Backend& backend_;
   ScratchArena scratch_;
   std::vector<int64_t> offsets_, cursor_;
+  std::vector<const ExpertWeights*> experts_;  // by expert index; null when not loaded
   std::vector<int32_t> src_token_, row_of_;
   std::vector<float> row_weight_, ones_;
 };

@@ -25,11 +25,18 @@ class MoeExecutor {
                            std::span<const float> topk_weights, int64_t k, const Tensor& out) = 0;
 };
 
-// Runs one expert's SwiGLU on rows [R, H] into out [R, H]; scratch holds [R, 2I] at least.
-absl::Status ExpertForward(Backend& backend, const ExpertWeights& expert, const Tensor& rows,
-                           const Tensor& scratch_a, const Tensor& scratch_b, const Tensor& out);
+// Runs the SwiGLU of many experts over row-sorted rows [R, H] into out [R, H] with grouped backend
+// calls (gate and up, or Llama 4's fused gate_up; one SiLU-mul over all rows at once; down):
+// rows [offsets[g], offsets[g + 1]) belong to experts[g]. An expert with no rows may be null or
+// not loaded; one with rows and no weights is FAILED_PRECONDITION. All experts given must share
+// the fused flag and intermediate size. scratch_a holds [R, 2I] at least, scratch_b [R, I].
+absl::Status GroupedExpertForward(Backend& backend, std::span<const ExpertWeights* const> experts,
+                                  const Tensor& rows, std::span<const int64_t> offsets,
+                                  const Tensor& scratch_a, const Tensor& scratch_b,
+                                  const Tensor& out);
 
-// Every expert in this process: rows grouped by expert, one SwiGLU per expert, fixed-order combine.
+// Every expert in this process: rows grouped by expert, one grouped SwiGLU over them, fixed-order
+// combine.
 std::unique_ptr<MoeExecutor> MakeLocalMoeExecutor(const ModelConfig& config,
                                                   const ModelWeights& weights, Backend& backend);
 

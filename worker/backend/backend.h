@@ -64,6 +64,18 @@ class Backend {
                               const Tensor& out, bool accumulate = false) = 0;
   // out[m, n] = x[m, k] w[k, n]
   virtual absl::Status MatMul(const Tensor& x, const Tensor& w, const Tensor& out) = 0;
+  // Grouped Linear over the rows of x [R, K] (one projection of every expert in a layer): group g
+  // is rows [offsets[g], offsets[g + 1]), and out[those rows] = x[those rows] weights[g]^T with
+  // weights[g] [N, K] like Linear (no bias, no accumulate). offsets has weights.size() + 1
+  // non-decreasing entries with offsets.back() <= R; rows outside [offsets[0], offsets.back())
+  // are left alone. A group with no rows may have a null or empty weight; a group with rows and
+  // none is FAILED_PRECONDITION, bad offsets INVALID_ARGUMENT. Results equal one Linear per
+  // non-empty group (exactly so on the CPU backend).
+  virtual absl::Status GroupedLinear(const Tensor& x, std::span<const Tensor* const> weights,
+                                     std::span<const int64_t> offsets, const Tensor& out) = 0;
+  // As GroupedLinear with MatMul's weight layout: weights[g] is [K, N] (Llama 4's experts).
+  virtual absl::Status GroupedMatMul(const Tensor& x, std::span<const Tensor* const> weights,
+                                     std::span<const int64_t> offsets, const Tensor& out) = 0;
   // In place on x [tokens, heads * head_dim]; see kernels/cpu/rope.h.
   virtual absl::Status Rope(const Tensor& x, std::span<const int32_t> positions,
                             std::span<const float> inv_freq, int64_t num_heads, int64_t head_dim,
@@ -99,6 +111,12 @@ class Backend {
                                    std::span<const float> weights, int64_t k,
                                    const Tensor& out) = 0;
 };
+
+// The argument checks GroupedLinear / GroupedMatMul share across backends (see there); `op`
+// names the call in the error.
+absl::Status CheckGroupedGemmArgs(std::span<const Tensor* const> weights,
+                                  std::span<const int64_t> offsets, int64_t num_rows,
+                                  std::string_view op);
 
 // The CPU backend: fp32 tensors in host memory, kernels/cpu ops.
 std::unique_ptr<Backend> MakeCpuBackend();

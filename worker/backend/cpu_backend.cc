@@ -97,6 +97,16 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status GroupedLinear(const Tensor& x, std::span<const Tensor* const> weights,
+                             std::span<const int64_t> offsets, const Tensor& out) override {
+    return Grouped(x, weights, offsets, out, /*w_layout_nk=*/true);
+  }
+
+  absl::Status GroupedMatMul(const Tensor& x, std::span<const Tensor* const> weights,
+                             std::span<const int64_t> offsets, const Tensor& out) override {
+    return Grouped(x, weights, offsets, out, /*w_layout_nk=*/false);
+  }
+
   absl::Status Rope(const Tensor& x, std::span<const int32_t> positions,
                     std::span<const float> inv_freq, int64_t num_heads, int64_t head_dim,
                     bool interleaved) override {
@@ -190,10 +200,56 @@ class CpuBackend final : public Backend {
     }
     return absl::OkStatus();
   }
+
+ private:
+  // One Linear (or MatMul) per non-empty group on row views, so results match the ungrouped ops
+  // bit for bit.
+  absl::Status Grouped(const Tensor& x, std::span<const Tensor* const> weights,
+                       std::span<const int64_t> offsets, const Tensor& out, bool w_layout_nk) {
+    SY_RETURN_IF_ERROR(CheckGroupedGemmArgs(weights, offsets, Rows(x),
+                                            w_layout_nk ? "GroupedLinear" : "GroupedMatMul"));
+    for (size_t g = 0; g < weights.size(); ++g) {
+      const int64_t begin = offsets[g], end = offsets[g + 1];
+      if (begin == end) continue;
+      const Tensor rows = x.Rows(begin, end), rows_out = out.Rows(begin, end);
+      SY_RETURN_IF_ERROR(w_layout_nk ? Linear(rows, *weights[g], Tensor(), rows_out, false)
+                                     : MatMul(rows, *weights[g], rows_out));
+    }
+    return absl::OkStatus();
+  }
 };
 
 }  // namespace
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
+
+absl::Status CheckGroupedGemmArgs(std::span<const Tensor* const> weights,
+                                  std::span<const int64_t> offsets, int64_t num_rows,
+                                  std::string_view op) {
+  if (offsets.size() != weights.size() + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(op), ": expected ",
+                                                   weights.size() + 1, " offsets for ",
+                                                   weights.size(), " groups, found ",
+                                                   offsets.size()));
+  }
+  if (offsets.front() < 0 || offsets.back() > num_rows) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(op), ": offsets span rows [",
+                                                   offsets.front(), ", ", offsets.back(),
+                                                   "), expected within [0, ", num_rows, ")"));
+  }
+  for (size_t g = 0; g < weights.size(); ++g) {
+    if (offsets[g + 1] < offsets[g]) {
+      return absl::InvalidArgumentError(absl::StrCat(std::string(op),
+                                                     ": offsets decrease at group ", g, " (",
+                                                     offsets[g], " > ", offsets[g + 1], ")"));
+    }
+    if (offsets[g + 1] > offsets[g] && (weights[g] == nullptr || weights[g]->empty())) {
+      return absl::FailedPreconditionError(absl::StrCat(std::string(op), ": group ", g, " has ",
+                                                        offsets[g + 1] - offsets[g],
+                                                        " rows but no weight"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace switchyard

@@ -206,6 +206,16 @@ class CudaBackend final : public Backend {
     return Gemm(x, w, out, m, n, k, /*w_layout_nk=*/false, 0.0f);
   }
 
+  absl::Status GroupedLinear(const Tensor& x, std::span<const Tensor* const> weights,
+                             std::span<const int64_t> offsets, const Tensor& out) override {
+    return Grouped(x, weights, offsets, out, /*w_layout_nk=*/true);
+  }
+
+  absl::Status GroupedMatMul(const Tensor& x, std::span<const Tensor* const> weights,
+                             std::span<const int64_t> offsets, const Tensor& out) override {
+    return Grouped(x, weights, offsets, out, /*w_layout_nk=*/false);
+  }
+
   absl::Status Rope(const Tensor& x, std::span<const int32_t> positions,
                     std::span<const float> inv_freq, int64_t num_heads, int64_t head_dim,
                     bool interleaved) override {
@@ -356,6 +366,37 @@ class CudaBackend final : public Backend {
                                        type(out.dtype()), m, n, k, w_layout_nk, beta));
   }
 
+  // bf16 operands go through one GroupedGemm call; fp32 ones (not the engine's dtype here) take
+  // one Gemm per group.
+  absl::Status Grouped(const Tensor& x, std::span<const Tensor* const> weights,
+                       std::span<const int64_t> offsets, const Tensor& out, bool w_layout_nk) {
+    const std::string_view op = w_layout_nk ? "GroupedLinear" : "GroupedMatMul";
+    SY_RETURN_IF_ERROR(CheckGroupedGemmArgs(weights, offsets, Rows(x), op));
+    const int64_t k = Cols(x), n = Cols(out);
+    const bool bf16_path = x.dtype() == DType::kBF16 && out.dtype() == DType::kBF16;
+    groups_.clear();
+    for (size_t g = 0; g < weights.size(); ++g) {
+      const int64_t begin = offsets[g], end = offsets[g + 1];
+      if (begin == end) continue;
+      const Tensor& w = *weights[g];
+      SY_DCHECK(w.rank() == 2 && w.dim(0) == (w_layout_nk ? n : k) &&
+                w.dim(1) == (w_layout_nk ? k : n));
+      if (!bf16_path) {
+        SY_RETURN_IF_ERROR(Gemm(x.Rows(begin, end), w, out.Rows(begin, end), end - begin, n, k,
+                                w_layout_nk, 0.0f));
+        continue;
+      }
+      SY_RETURN_IF_ERROR(CheckDType(w, DType::kBF16, op));
+      groups_.push_back(kc::GemmGroup{w.data(), begin, end - begin});
+    }
+    if (!bf16_path) return absl::OkStatus();
+    const kc::GroupedGemmMethod method = options_.grouped_gemm == CudaGroupedGemm::kPerGroupLoop
+                                             ? kc::GroupedGemmMethod::kLoop
+                                             : kc::GroupedGemmMethod::kCublasGrouped;
+    return GemmStatusToStatus(grouped_gemm_.Run(ctx_->cublas, method, groups_, x.data(), out.data(),
+                                                n, k, w_layout_nk));
+  }
+
   // Ensures upload slot `slot` holds at least `bytes` (stream-ordered, so a buffer still read by
   // queued kernels is freed only after them).
   absl::StatusOr<void*> Reserve(DeviceBuffer& b, size_t bytes) {
@@ -405,6 +446,9 @@ class CudaBackend final : public Backend {
 
   std::shared_ptr<CudaContext> ctx_;
   CudaBackendOptions options_;
+  // After ctx_, so it is destroyed before the stream and cuBLAS handle it used.
+  kc::GroupedGemm grouped_gemm_;
+  std::vector<kc::GemmGroup> groups_;  // the current grouped call's non-empty groups
   DeviceBuffer uploads_[kNumUploadSlots];
   DeviceBuffer router_out_;  // topk ids then weights
   void* pinned_ = nullptr;

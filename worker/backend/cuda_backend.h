@@ -17,8 +17,16 @@
 
 namespace switchyard {
 
+// How GroupedLinear / GroupedMatMul run on cuBLAS (kernels/cuda/gemm.h GroupedGemm):
+// kPerGroupLoop is one cublasGemmEx per non-empty group, kCublasGroupedBatched one
+// cublasGemmGroupedBatchedEx over them all.
+enum class CudaGroupedGemm { kPerGroupLoop, kCublasGroupedBatched };
+
 struct CudaBackendOptions {
   int device_idx = 0;
+  // The grouped-batched default is a guess (fewer launches when experts are many and their row
+  // counts small); it must be confirmed by the GPU benchmark (bench/gpu/moe_layer_bench).
+  CudaGroupedGemm grouped_gemm = CudaGroupedGemm::kCublasGroupedBatched;
   // Longest wait for the device in a host-blocking call before DEADLINE_EXCEEDED.
   absl::Duration sync_timeout = absl::Seconds(120);
 };
