@@ -136,6 +136,7 @@ class DispatchWorldTest : public ::testing::TestWithParam<int> {
   LayerPlacement Contiguous(int32_t num_experts) const {
     return LayerPlacement::Contiguous(num_experts, world_size()).value();
   }
+  void ExpectProvenance(int64_t k) const;
 };
 
 TEST_P(DispatchWorldTest, RandomRoutingTopTwo) {
@@ -199,24 +200,32 @@ TEST_P(DispatchWorldTest, MoreRanksThanExpertsAndOddHidden) {
 }
 
 // Provenance through dispatch (as DeepEP's tests do): each token row carries {source rank, token
-// index, chosen expert}; every expert checks that it received exactly the rows routed to it, in
-// (source rank, token) order, and the combine still matches the reference.
-TEST_P(DispatchWorldTest, ProvenanceRowsReachTheirExpertInOrder) {
-  MoeCase moe_case = Case(world_size(), 1, Routing::kRandom, Tokens({9, 0, 14, 5}));
+// index}; every local slot must receive exactly the rows of the tokens that chose its expert, in
+// (source rank, token) order — also when a token's row crossed to a rank once for several of its
+// choices — and the combine must still match the reference.
+void DispatchWorldTest::ExpectProvenance(int64_t k) const {
+  const int world_size = this->world_size();
+  MoeCase moe_case = Case(world_size, k, Routing::kRandom, Tokens({9, 0, 14, 5}));
   moe_case.hidden = 4;
   const LayerPlacement placement = Contiguous(8);
   std::vector<testing::RankInputs> inputs;
-  for (int rank = 0; rank < world_size(); ++rank) {
+  for (int rank = 0; rank < world_size; ++rank) {
     inputs.push_back(testing::MakeInputs(moe_case, rank));
     for (int64_t t = 0; t < inputs[rank].num_tokens; ++t) {
       float* row = inputs[rank].x.data() + t * 4;
       row[0] = static_cast<float>(rank);
       row[1] = static_cast<float>(t);
-      row[2] = static_cast<float>(inputs[rank].ids[t]);
+      row[2] = 0.25f;
       row[3] = 0.5f;
     }
   }
-  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
+  auto chose = [&](int src, int64_t t, int32_t expert) {
+    for (int64_t j = 0; j < k; ++j) {
+      if (inputs[src].ids[t * k + j] == expert) return true;
+    }
+    return false;
+  };
+  const auto statuses = RunLoopbackRanks(world_size, FastOptions(), [&](Communicator& comm) {
     const int me = comm.rank();
     const GroupedExpertFn toy = testing::ToyExperts(placement, me);
     GroupedExpertFn checking = [&](const float* rows, const int64_t* offsets, int64_t num_slots,
@@ -224,11 +233,12 @@ TEST_P(DispatchWorldTest, ProvenanceRowsReachTheirExpertInOrder) {
       for (int64_t slot = 0; slot < num_slots; ++slot) {
         const int32_t expert = placement.expert_at(me, static_cast<int32_t>(slot));
         int64_t row_idx = offsets[slot];
-        for (int src = 0; src < world_size(); ++src) {
+        for (int src = 0; src < world_size; ++src) {
           for (int64_t t = 0; t < inputs[src].num_tokens; ++t) {
-            if (inputs[src].ids[t] != expert) continue;
+            if (!chose(src, t, expert)) continue;
             const float* row = rows + row_idx * hidden;
-            if (row_idx >= offsets[slot + 1] || row[0] != src || row[1] != t || row[2] != expert) {
+            if (row_idx >= offsets[slot + 1] || row[0] != src || row[1] != t || row[2] != 0.25f ||
+                row[3] != 0.5f) {
               return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": row ",
                                                       row_idx, " is not token ", t, " of rank ",
                                                       src));
@@ -246,12 +256,14 @@ TEST_P(DispatchWorldTest, ProvenanceRowsReachTheirExpertInOrder) {
     std::vector<float> out(in.num_tokens * 4);
     absl::Status status =
         MoeDispatchCombine(comm, placement, in.x.data(), in.num_tokens, 4, in.ids.data(),
-                           in.weights.data(), 1, checking, out.data(), nullptr);
+                           in.weights.data(), k, checking, out.data(), nullptr);
     if (!status.ok()) return status;
     return testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, me);
   });
   for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
 }
+
+TEST_P(DispatchWorldTest, ProvenanceRowsReachTheirExpertInOrder) { ExpectProvenance(1); }
 
 // Replicated experts: results unchanged, and each expert's rows spread evenly over its replicas.
 TEST_P(DispatchWorldTest, ReplicatedExpertsBalanceOverReplicas) {
@@ -377,67 +389,7 @@ TEST_P(DispatchWorldTest, ZeroTokensTraffic) {
   ExpectDispatchAndTraffic(top8, Contiguous(top8.num_experts));
 }
 
-// Provenance with k = 3: each row carries {source rank, token}; every slot must see exactly the
-// tokens that chose its expert, in (source rank, token) order, although each token's row crossed
-// to a rank only once.
-TEST_P(DispatchWorldTest, ProvenanceWithSeveralChoicesPerRank) {
-  MoeCase moe_case = Case(world_size(), 3, Routing::kRandom, Tokens({9, 0, 14, 5}));
-  moe_case.hidden = 4;
-  const LayerPlacement placement = Contiguous(8);
-  std::vector<testing::RankInputs> inputs;
-  for (int rank = 0; rank < world_size(); ++rank) {
-    inputs.push_back(testing::MakeInputs(moe_case, rank));
-    for (int64_t t = 0; t < inputs[rank].num_tokens; ++t) {
-      float* row = inputs[rank].x.data() + t * 4;
-      row[0] = static_cast<float>(rank);
-      row[1] = static_cast<float>(t);
-      row[2] = 0.25f;
-      row[3] = 0.5f;
-    }
-  }
-  auto chose = [&](int src, int64_t t, int32_t expert) {
-    for (int64_t j = 0; j < 3; ++j) {
-      if (inputs[src].ids[t * 3 + j] == expert) return true;
-    }
-    return false;
-  };
-  const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
-    const int me = comm.rank();
-    const GroupedExpertFn toy = testing::ToyExperts(placement, me);
-    GroupedExpertFn checking = [&](const float* rows, const int64_t* offsets, int64_t num_slots,
-                                   int64_t hidden, float* out) -> absl::Status {
-      for (int64_t slot = 0; slot < num_slots; ++slot) {
-        const int32_t expert = placement.expert_at(me, static_cast<int32_t>(slot));
-        int64_t row_idx = offsets[slot];
-        for (int src = 0; src < world_size(); ++src) {
-          for (int64_t t = 0; t < inputs[src].num_tokens; ++t) {
-            if (!chose(src, t, expert)) continue;
-            const float* row = rows + row_idx * hidden;
-            if (row_idx >= offsets[slot + 1] || row[0] != src || row[1] != t || row[2] != 0.25f ||
-                row[3] != 0.5f) {
-              return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": row ",
-                                                      row_idx, " is not token ", t, " of rank ",
-                                                      src));
-            }
-            ++row_idx;
-          }
-        }
-        if (row_idx != offsets[slot + 1]) {
-          return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": extra rows"));
-        }
-      }
-      return toy(rows, offsets, num_slots, hidden, out);
-    };
-    const testing::RankInputs& in = inputs[me];
-    std::vector<float> out(in.num_tokens * 4);
-    absl::Status status =
-        MoeDispatchCombine(comm, placement, in.x.data(), in.num_tokens, 4, in.ids.data(),
-                           in.weights.data(), 3, checking, out.data(), nullptr);
-    if (!status.ok()) return status;
-    return testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, me);
-  });
-  for (const auto& status : statuses) EXPECT_TRUE(status.ok()) << status;
-}
+TEST_P(DispatchWorldTest, ProvenanceWithSeveralChoicesPerRank) { ExpectProvenance(3); }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, DispatchWorldTest, ::testing::Values(1, 2, 3, 4));
 
