@@ -25,8 +25,12 @@ bool NormalizeFlagArg(std::string& arg) {
   for (char& c : name) {
     if (c == '-') c = '_';
   }
+  // A negated bool: "--no-ignore-eos" or "--noignore-eos"; absl itself knows only "noignore_eos".
   std::string lookup = name;
-  if (lookup.rfind("no", 0) == 0 && absl::FindCommandLineFlag(lookup) == nullptr) lookup = lookup.substr(2);
+  if (absl::FindCommandLineFlag(name) == nullptr && absl::StartsWith(name, "no")) {
+    lookup = name.substr(name.size() > 2 && name[2] == '_' ? 3 : 2);
+    name = "no" + lookup;
+  }
   const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(lookup);
   if (flag == nullptr) return false;
   arg = arg.substr(0, dashes) + name + (eq == std::string::npos ? "" : arg.substr(eq));
