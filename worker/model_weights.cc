@@ -101,22 +101,18 @@ absl::Status LoadExperts(const ModelConfig& c, int64_t i, Loader& l,
   auto wanted = [&](int64_t e) { return !options.load_expert || options.load_expert(i, e); };
   w.experts.assign(num_experts, ExpertWeights{});
   if (c.expert_layout == ExpertLayout::kLlama4Fused) {
-    // Load the contiguous range of wanted experts once, then view each expert's rows.
-    int64_t first = num_experts, last = -1;
+    // Each wanted expert's rows of the fused [E, ...] tensors, and nothing else: a balanced
+    // placement scatters a rank's experts, so a contiguous range could read most of the layer.
+    const std::string gate_up_name = LayerTensorName(c, i, p + "experts.gate_up_proj");
+    const std::string down_name = LayerTensorName(c, i, p + "experts.down_proj");
     for (int64_t e = 0; e < num_experts; ++e) {
-      if (wanted(e)) first = std::min(first, e), last = std::max(last, e);
-    }
-    if (last < first) return absl::OkStatus();
-    SY_ASSIGN_OR_RETURN(w.fused_gate_up, l.LoadRows(LayerTensorName(c, i, p + "experts.gate_up_proj"),
-                                                    {num_experts, h, 2 * inter}, first, last + 1));
-    SY_ASSIGN_OR_RETURN(w.fused_down, l.LoadRows(LayerTensorName(c, i, p + "experts.down_proj"),
-                                                 {num_experts, inter, h}, first, last + 1));
-    for (int64_t e = first; e <= last; ++e) {
       if (!wanted(e)) continue;
       ExpertWeights& x = w.experts[e];
       x.fused = true;
-      x.gate_up = w.fused_gate_up.Rows(e - first, e - first + 1).Reshape({h, 2 * inter});
-      x.down = w.fused_down.Rows(e - first, e - first + 1).Reshape({inter, h});
+      SY_ASSIGN_OR_RETURN(Tensor gate_up, l.LoadRows(gate_up_name, {num_experts, h, 2 * inter}, e, e + 1));
+      SY_ASSIGN_OR_RETURN(Tensor down, l.LoadRows(down_name, {num_experts, inter, h}, e, e + 1));
+      x.gate_up = gate_up.Reshape({h, 2 * inter});
+      x.down = down.Reshape({inter, h});
     }
     return absl::OkStatus();
   }

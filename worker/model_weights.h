@@ -40,7 +40,6 @@ struct LayerWeights {
   std::vector<ExpertWeights> experts;  // size num_experts; unloaded ones empty
   DenseFfnWeights shared_expert;  // gate empty when the family has none
   Tensor shared_expert_gate;      // [1, H] (Qwen2-MoE) or empty
-  Tensor fused_gate_up, fused_down;  // Llama 4's [E,H,2I] / [E,I,H] storage (loaded rows only)
 };
 
 struct ModelWeights {
