@@ -10,15 +10,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 
 namespace switchyard {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
 
 uint64_t RandomSeed() {
   thread_local std::mt19937_64 engine(std::random_device{}());
@@ -80,7 +76,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   void Reject(const absl::Status& status) {
     if (observer_ != nullptr) observer_->OnRejected(status.code());
     rejected_ = true;
-    Finish(ToGrpc(status));
+    Finish(ToGrpcStatus(status));
   }
 
   void OnWriteDone(bool ok) override { stream_->OnWriteDone(ok); }
@@ -175,7 +171,7 @@ GenerateStream::Action GenerateStream::NextLocked() {
     action.write = &in_flight_;
   } else if (final_.has_value()) {
     finish_called_ = true;
-    action.finish = ToGrpc(*final_);
+    action.finish = ToGrpcStatus(*final_);
   }
   return action;
 }
@@ -222,7 +218,7 @@ grpc::ServerUnaryReactor* InferenceApi::Abort(grpc::CallbackServerContext* conte
                                  "request_id: empty; expected the id of a running request"));
     return reactor;
   }
-  reactor->Finish(ToGrpc(manager_->Abort(request->request_id())));
+  reactor->Finish(ToGrpcStatus(manager_->Abort(request->request_id())));
   return reactor;
 }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "grpcpp/grpcpp.h"
@@ -11,16 +12,6 @@
 
 namespace switchyard {
 namespace {
-
-grpc::Status ToGrpc(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
-}
 
 // Waits for a set of async calls to complete.
 class CallLatch {
@@ -166,7 +157,7 @@ grpc::Status ClusterService::StoreGet(grpc::ServerContext* context,
   if (call_left < timeout) timeout = std::max(call_left, absl::ZeroDuration());
   std::vector<std::string> values;
   absl::Status status = Get(keys, timeout, &values);
-  if (!status.ok()) return ToGrpc(status);
+  if (!status.ok()) return ToGrpcStatus(status);
   for (std::string& value : values) response->add_values(std::move(value));
   return grpc::Status::OK;
 }
@@ -314,7 +305,7 @@ absl::Status ClusterService::LoadAll() {
       }
       worker.state = "failed";
       errors.push_back(absl::StrCat("rank ", i, " (", worker.address,
-                                    "): ", FromGrpc(statuses[i]).ToString()));
+                                    "): ", FromGrpcStatus(statuses[i]).ToString()));
       continue;
     }
     worker.state = "ready";

@@ -9,10 +9,6 @@
 
 namespace switchyard {
 
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
-}
 
 EngineThread::EngineThread(std::string name) : name_(std::move(name)) {
   thread_ = std::thread([this] { Loop(); });

@@ -17,14 +17,12 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/grpc_status.h"
 #include "grpcpp/support/status.h"
 #include "switchyard/v1/control.grpc.pb.h"
 #include "worker/worker_runtime.h"
 
 namespace switchyard {
-
-// gRPC and absl share the code numbering.
-grpc::Status ToGrpcStatus(const absl::Status& status);
 
 // One long-lived named thread that runs posted tasks in order. Thread-safe.
 class EngineThread {
