@@ -80,6 +80,14 @@ bool ClusterLink::HeartbeatUntilLost() {
     v1::HeartbeatResponse response;
     const grpc::Status status = stub_->Heartbeat(&context, request, &response);
     if (status.error_code() == grpc::StatusCode::NOT_FOUND) return true;
+    if (status.error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+      // The coordinator declared this worker lost; it will not take it back, so stop reporting
+      // ready (a restart re-forms the group).
+      registered_ = false;
+      SY_LOG_WARN("coordinator {} declared this worker lost: {}", coordinator_address_,
+                  status.error_message());
+      return false;
+    }
     if (!status.ok()) {
       SY_LOG_DEBUG("heartbeat to coordinator {} failed: {} {}", coordinator_address_,
                    static_cast<int>(status.error_code()), status.error_message());
