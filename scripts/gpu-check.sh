@@ -103,7 +103,7 @@ run_checks() {
     status=1
   fi
   : > "$out/tests.log"
-  for t in kernels_cuda_test cuda_engine_test; do
+  for t in kernels_cuda_test grouped_linear_gpu_test cuda_engine_test; do
     echo "== $t" >> "$out/tests.log"
     timeout 100 "$bundle/bin/$t" --gtest_color=no >> "$out/tests.log" 2>&1
     local rc=$?

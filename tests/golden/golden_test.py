@@ -16,7 +16,8 @@
    first differ and the reference's top-2 gap at that step is below 1e-4 it is a near-tie, reported
    and not a failure. The engine may stop early only right after emitting an EOS id.
 
-Exit status: 0 pass, 1 mismatch, 2 a tool failed, 77 a C++ binary is missing (ctest: skipped).
+Exit status: 0 pass, 1 mismatch, 2 a tool failed, 77 a C++ binary is missing (a failure under ctest:
+no SKIP_RETURN_CODE is set, so an unbuilt binary can never pass as skipped).
 """
 
 import argparse

@@ -86,7 +86,7 @@ void CompareOnce(CudaGroupedGemm method, bool w_layout_nk) {
 class GroupedLinearGpuTest : public ::testing::TestWithParam<CudaGroupedGemm> {
  protected:
   void SetUp() override {
-    if (!testing::HasCudaDevice()) GTEST_SKIP() << "no CUDA device";
+    SY_SKIP_WITHOUT_GPU();
   }
 };
 
