@@ -232,20 +232,22 @@ absl::StatusOr<std::vector<RunFigures>> BenchSize(Communicator& comm, const Size
   }
   auto placement = LayerPlacement::Contiguous(kNumExperts, comm.world_size());
   if (!placement.ok()) return placement.status();
-  const GroupedExpertFn identity = [](const float* rows, const int64_t* offsets, int64_t num_slots,
-                                      int64_t row_hidden, float* out_rows) {
-    std::memcpy(out_rows, rows, offsets[num_slots] * row_hidden * sizeof(float));
+  const GroupedExpertFn identity = [](const Tensor& rows, std::span<const int64_t>,
+                                      const Tensor& out_rows) {
+    if (rows.num_bytes() > 0) std::memcpy(out_rows.data(), rows.data(), rows.num_bytes());
     return absl::OkStatus();
   };
-  MoeDispatcher dispatcher(&comm, DispatchOptions{.sum_per_rank = size.sum_per_rank});
+  std::unique_ptr<Backend> backend = MakeCpuBackend();
+  MoeDispatcher dispatcher(&comm, backend.get(), DispatchOptions{.sum_per_rank = size.sum_per_rank});
   std::vector<RunFigures> figures;
   std::vector<char> a2a_send, a2a_recv;
   for (int iter = -1; iter < size.iters; ++iter) {  // iteration -1 warms the buffers up
     if (absl::Status s = comm.Barrier(); !s.ok()) return s;
     DispatchStats stats;
     const auto start = Clock::now();
-    absl::Status s = dispatcher.Run(*placement, x.data(), num_tokens, hidden, ids.data(),
-                                    weights.data(), kTopK, identity, out.data(), &stats);
+    absl::Status s = dispatcher.Run(*placement, BorrowedHostRows(x.data(), num_tokens, hidden),
+                                    ids, weights, kTopK, identity,
+                                    BorrowedHostRows(out.data(), num_tokens, hidden), &stats);
     if (!s.ok()) return s;
     RunFigures f;
     f.wall_s = Seconds(start);

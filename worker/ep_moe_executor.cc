@@ -11,11 +11,6 @@ namespace {
 
 enum ScratchSlot { kScratchA, kScratchB };
 
-// A Tensor over memory the caller owns (the dispatcher's row buffers): no storage to keep alive.
-Tensor BorrowedHostView(const float* data, int64_t num_rows, int64_t hidden) {
-  return Tensor(std::shared_ptr<void>(), const_cast<float*>(data), DType::kF32, {num_rows, hidden});
-}
-
 }  // namespace
 
 std::vector<int64_t> MoeLayerIndices(const ModelConfig& config) {
@@ -89,13 +84,20 @@ ExpertParallelMoeExecutor::ExpertParallelMoeExecutor(const ModelConfig& config,
       placements_(std::move(placements)),
       moe_layers_(MoeLayerIndices(config)),
       moe_idx_of_layer_(config.num_hidden_layers, -1),
-      dispatcher_(&comm, DispatchOptions{.scale_input_by_weight = config.router_scales_input}),
+      dispatcher_(&comm, &backend,
+                  DispatchOptions{.scale_input_by_weight = config.router_scales_input}),
       scratch_(backend),
       last_stats_(placements_.size()) {
   for (size_t i = 0; i < moe_layers_.size(); ++i) {
     moe_idx_of_layer_[moe_layers_[i]] = static_cast<int64_t>(i);
-  }
-  for (const LayerPlacement& placement : placements_) {
+    const LayerPlacement& placement = placements_[i];
+    const LayerWeights& layer = weights_.layers[moe_layers_[i]];
+    // Null for an expert not loaded here (MakeExpertParallelMoeExecutor checked that none is).
+    std::vector<const ExpertWeights*>& experts = slot_experts_.emplace_back();
+    for (int32_t slot = 0; slot < placement.num_local_slots(rank_); ++slot) {
+      const ExpertWeights& expert = layer.experts[placement.expert_at(rank_, slot)];
+      experts.push_back(expert.loaded() ? &expert : nullptr);
+    }
     slot_rows_.emplace_back(placement.num_local_slots(rank_), 0);
   }
 }
@@ -110,65 +112,46 @@ absl::Status ExpertParallelMoeExecutor::Run(int64_t layer_idx, const Tensor& x,
                                             std::span<const int32_t> topk_ids,
                                             std::span<const float> topk_weights, int64_t k,
                                             const Tensor& out) {
-  auto where = [&] { return absl::StrCat("expert parallel rank ", rank_, " layer ", layer_idx); };
   if (layer_idx < 0 || layer_idx >= static_cast<int64_t>(moe_idx_of_layer_.size()) ||
       moe_idx_of_layer_[layer_idx] < 0) {
-    return Fail(absl::InvalidArgumentError(absl::StrCat(where(), ": not a MoE layer")));
-  }
-  const int64_t hidden = config_.hidden_size;
-  const int64_t num_tokens = x.rank() == 2 ? x.dim(0) : -1;
-  if (num_tokens < 0 || x.dim(1) != hidden || out.shape() != x.shape() ||
-      static_cast<int64_t>(topk_ids.size()) != num_tokens * k ||
-      static_cast<int64_t>(topk_weights.size()) != num_tokens * k || x.dtype() != DType::kF32 ||
-      out.dtype() != DType::kF32) {
     return Fail(absl::InvalidArgumentError(
-        absl::StrCat(where(), ": expected fp32 x and out [T, ", hidden, "] and ", k,
-                     " choices per token, found x ", x.ShapeString(), ", out ", out.ShapeString(),
-                     ", ", topk_ids.size(), " ids, ", topk_weights.size(), " weights")));
+        absl::StrCat("expert parallel rank ", rank_, " layer ", layer_idx, ": not a MoE layer")));
+  }
+  if (x.rank() != 2 || x.dim(1) != config_.hidden_size || x.dtype() != backend_.activation_dtype()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "expert parallel rank ", rank_, " layer ", layer_idx, ": expected x [T, ",
+        config_.hidden_size, "] ", std::string(DTypeName(backend_.activation_dtype())), ", found ",
+        x.ShapeString(), " ", std::string(DTypeName(x.dtype())))));
   }
   const int64_t moe_idx = moe_idx_of_layer_[layer_idx];
-  const GroupedExpertFn experts = [this, moe_idx](const float* rows, const int64_t* offsets,
-                                                  int64_t num_slots, int64_t row_hidden,
-                                                  float* out_rows) {
-    return RunLocalExperts(moe_idx, rows, offsets, num_slots, row_hidden, out_rows);
+  const GroupedExpertFn experts = [this, moe_idx](const Tensor& rows,
+                                                  std::span<const int64_t> offsets,
+                                                  const Tensor& out_rows) {
+    return RunLocalExperts(moe_idx, rows, offsets, out_rows);
   };
+  // The dispatcher checks the rest (out, the routing) and aborts the group on any failure.
   DispatchStats& stats = last_stats_[moe_idx];
-  absl::Status status = dispatcher_.Run(placements_[moe_idx], x.data_as<const float>(), num_tokens,
-                                        hidden, topk_ids.data(), topk_weights.data(), k, experts,
-                                        out.data_as<float>(), &stats);
+  absl::Status status =
+      dispatcher_.Run(placements_[moe_idx], x, topk_ids, topk_weights, k, experts, out, &stats);
   // Whatever failed, this rank leaves the layer early: make sure the group knows (idempotent).
-  if (!status.ok()) return Fail(std::move(status));
+  if (!status.ok()) {
+    return Fail(absl::Status(status.code(), absl::StrCat("expert parallel rank ", rank_, " layer ",
+                                                         layer_idx, ": ", status.message())));
+  }
   AddToTotals(moe_idx, stats);
   return absl::OkStatus();
 }
 
-absl::Status ExpertParallelMoeExecutor::RunLocalExperts(int64_t moe_idx, const float* rows,
-                                                        const int64_t* expert_offsets,
-                                                        int64_t num_local_slots, int64_t hidden,
-                                                        float* out_rows) {
-  const int64_t num_rows = expert_offsets[num_local_slots];
+absl::Status ExpertParallelMoeExecutor::RunLocalExperts(int64_t moe_idx, const Tensor& rows,
+                                                        std::span<const int64_t> expert_offsets,
+                                                        const Tensor& out_rows) {
+  const int64_t num_rows = rows.dim(0);
   if (num_rows == 0) return absl::OkStatus();
   const int64_t inter = config_.moe_intermediate_size;
-  SY_ASSIGN_OR_RETURN(Tensor a, scratch_.Get(kScratchA, DType::kF32, {num_rows * 2 * inter}));
-  SY_ASSIGN_OR_RETURN(Tensor b, scratch_.Get(kScratchB, DType::kF32, {num_rows * inter}));
-  const Tensor in = BorrowedHostView(rows, num_rows, hidden);
-  const Tensor out = BorrowedHostView(out_rows, num_rows, hidden);
-  const LayerPlacement& placement = placements_[moe_idx];
-  const LayerWeights& layer = weights_.layers[moe_layers_[moe_idx]];
-  std::vector<const ExpertWeights*> slot_experts(num_local_slots, nullptr);  // null: not loaded
-  for (int64_t slot = 0; slot < num_local_slots; ++slot) {
-    const int32_t expert_idx = placement.expert_at(rank_, static_cast<int32_t>(slot));
-    const ExpertWeights& expert = layer.experts[expert_idx];
-    if (expert.loaded()) {
-      slot_experts[slot] = &expert;
-    } else if (expert_offsets[slot + 1] > expert_offsets[slot]) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("local slot ", slot, " holds expert ", expert_idx, ", not loaded here"));
-    }
-  }
-  return GroupedExpertForward(backend_, slot_experts, in,
-                              std::span<const int64_t>(expert_offsets, num_local_slots + 1), a, b,
-                              out);
+  SY_ASSIGN_OR_RETURN(Tensor a, scratch_.Get(kScratchA, {num_rows * 2 * inter}));
+  SY_ASSIGN_OR_RETURN(Tensor b, scratch_.Get(kScratchB, {num_rows * inter}));
+  return GroupedExpertForward(backend_, slot_experts_[moe_idx], rows, expert_offsets, a, b,
+                              out_rows);
 }
 
 void ExpertParallelMoeExecutor::AddToTotals(int64_t moe_idx, const DispatchStats& stats) {
@@ -192,12 +175,7 @@ absl::StatusOr<std::unique_ptr<ExpertParallelMoeExecutor>> MakeExpertParallelMoe
     const ModelConfig& config, const ModelWeights& weights, Backend& backend, Communicator& comm,
     std::vector<LayerPlacement> placements) {
   SY_RETURN_IF_ERROR(ValidatePlacements(config, placements, comm.world_size()));
-  if (backend.kind() != BackendKind::kCpu || backend.activation_dtype() != DType::kF32 ||
-      comm.memory_space() != MemorySpace::kHost) {
-    return absl::UnimplementedError(absl::StrCat(
-        "expert parallel: needs the CPU backend (fp32) and a host communicator, found backend ",
-        std::string(backend.name()), " and communicator ", comm.name()));
-  }
+  SY_RETURN_IF_ERROR(ChooseExchangePath(backend, comm).status());
   const std::vector<int64_t> moe_layers = MoeLayerIndices(config);
   if (weights.layers.size() != static_cast<size_t>(config.num_hidden_layers)) {
     return absl::InvalidArgumentError(absl::StrCat("expert parallel: weights have ",

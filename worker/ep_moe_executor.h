@@ -11,8 +11,9 @@
 // the same order, a rank without tokens through Engine::ForwardIdle() (each layer is three
 // collectives).
 //
-// CPU backend only (fp32 host tensors, a host-memory communicator): the expert rows are wrapped as
-// borrowed Tensor views of the dispatcher's buffers, so nothing is copied for the experts.
+// Any backend: the rows stay in the backend's memory in its activation dtype, and the dispatcher
+// stages the exchanges through the host when a device backend runs over a host communicator
+// (see worker/moe/dispatch.h).
 #pragma once
 
 #include <cstdint>
@@ -94,8 +95,8 @@ class ExpertParallelMoeExecutor final : public MoeExecutor {
 
  private:
   // The GroupedExpertFn body: GroupedExpertForward over the local slots of `moe_idx`'s placement.
-  absl::Status RunLocalExperts(int64_t moe_idx, const float* rows, const int64_t* expert_offsets,
-                               int64_t num_local_slots, int64_t hidden, float* out_rows);
+  absl::Status RunLocalExperts(int64_t moe_idx, const Tensor& rows,
+                               std::span<const int64_t> expert_offsets, const Tensor& out_rows);
   absl::Status Fail(absl::Status status);
   void AddToTotals(int64_t moe_idx, const DispatchStats& stats);
 
@@ -109,15 +110,17 @@ class ExpertParallelMoeExecutor final : public MoeExecutor {
   std::vector<int64_t> moe_idx_of_layer_;  // layer index -> MoE layer ordinal, -1 for dense
   MoeDispatcher dispatcher_;
   ScratchArena scratch_;
+  // Per MoE layer ordinal, the weights of each local slot's expert.
+  std::vector<std::vector<const ExpertWeights*>> slot_experts_;
   std::vector<DispatchStats> last_stats_;
   ExpertParallelTotals totals_;
   std::vector<std::vector<int64_t>> slot_rows_;
 };
 
-// Builds the executor after checking its inputs: placements valid for comm.world_size(), a CPU
-// backend with fp32 activations, a host-memory communicator, and every expert of this rank's slots
-// loaded in `weights`. INVALID_ARGUMENT, UNIMPLEMENTED (device backend or communicator) or
-// FAILED_PRECONDITION (an expert of a local slot not loaded) otherwise.
+// Builds the executor after checking its inputs: placements valid for comm.world_size(), a
+// communicator that can reach the backend's memory (ChooseExchangePath), and every expert of this
+// rank's slots loaded in `weights`. INVALID_ARGUMENT or FAILED_PRECONDITION (a host backend with
+// a device communicator; an expert of a local slot not loaded) otherwise.
 absl::StatusOr<std::unique_ptr<ExpertParallelMoeExecutor>> MakeExpertParallelMoeExecutor(
     const ModelConfig& config, const ModelWeights& weights, Backend& backend, Communicator& comm,
     std::vector<LayerPlacement> placements);

@@ -44,6 +44,9 @@ class Backend {
   virtual DType activation_dtype() const = 0;
   // Memory of the device this backend computes on (host RAM for the CPU backend), 0 if unknown.
   virtual uint64_t total_memory_bytes() const = 0;
+  // True when the backend's tensors are in host memory, directly addressable by the CPU (and by a
+  // host-memory communicator).
+  virtual bool host_memory() const = 0;
 
   // Memory. Contents of Empty() are unspecified.
   virtual absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) = 0;
@@ -52,6 +55,11 @@ class Backend {
   // Copies src (converted to fp32) to the host; complete on return.
   virtual absl::Status CopyToHost(const Tensor& src, std::span<float> dst) = 0;
   virtual absl::Status Synchronize() = 0;
+  // Raw byte copies between the host and this backend's memory (`device` points into a tensor of
+  // this backend). To the device: stream-ordered, and the host bytes may be reused on return. To
+  // the host: complete on return.
+  virtual absl::Status CopyBytesFromHost(const void* host, int64_t num_bytes, void* device) = 0;
+  virtual absl::Status CopyBytesToHost(const void* device, int64_t num_bytes, void* host) = 0;
 
   // out[t, :] = table[ids[t], :]
   virtual absl::Status Embedding(const Tensor& table, std::span<const int32_t> ids,

@@ -35,6 +35,7 @@ class CpuBackend final : public Backend {
     const long pages = sysconf(_SC_PHYS_PAGES), page_bytes = sysconf(_SC_PAGESIZE);
     return pages > 0 && page_bytes > 0 ? static_cast<uint64_t>(pages) * page_bytes : 0;
   }
+  bool host_memory() const override { return true; }
 
   absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
     if (dtype != DType::kF32) {
@@ -66,6 +67,15 @@ class CpuBackend final : public Backend {
   }
 
   absl::Status Synchronize() override { return absl::OkStatus(); }
+
+  absl::Status CopyBytesFromHost(const void* host, int64_t num_bytes, void* device) override {
+    if (num_bytes > 0) std::memcpy(device, host, num_bytes);
+    return absl::OkStatus();
+  }
+  absl::Status CopyBytesToHost(const void* device, int64_t num_bytes, void* host) override {
+    if (num_bytes > 0) std::memcpy(host, device, num_bytes);
+    return absl::OkStatus();
+  }
 
   absl::Status Embedding(const Tensor& table, std::span<const int32_t> ids,
                          const Tensor& out) override {

@@ -91,6 +91,7 @@ class CudaBackend final : public Backend {
     size_t free_bytes = 0, total_bytes = 0;
     return cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess ? total_bytes : 0;
   }
+  bool host_memory() const override { return false; }
 
   absl::StatusOr<Tensor> Empty(DType dtype, std::vector<int64_t> shape) override {
     if (dtype != DType::kF32 && dtype != DType::kBF16) {
@@ -142,6 +143,21 @@ class CudaBackend final : public Backend {
       const uint16_t* h = static_cast<const uint16_t*>(staged);
       for (size_t i = 0; i < dst.size(); ++i) dst[i] = BFloat16ToFloat(h[i]);
     }
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyBytesFromHost(const void* host, int64_t num_bytes, void* device) override {
+    if (num_bytes <= 0) return absl::OkStatus();
+    // From pageable memory: returns once the bytes are staged, so the host buffer may be reused.
+    return CudaStatus(
+        cudaMemcpyAsync(device, host, num_bytes, cudaMemcpyHostToDevice, ctx_->stream),
+        "cudaMemcpyAsync(CopyBytesFromHost)");
+  }
+
+  absl::Status CopyBytesToHost(const void* device, int64_t num_bytes, void* host) override {
+    if (num_bytes <= 0) return absl::OkStatus();
+    SY_ASSIGN_OR_RETURN(void* staged, Download(device, num_bytes, "CopyBytesToHost"));
+    std::memcpy(host, staged, num_bytes);
     return absl::OkStatus();
   }
 

@@ -4,6 +4,13 @@
 
 namespace switchyard {
 
+absl::Status Communicator::AllToAllVHost(const AllToAllVBuffer& send,
+                                         const AllToAllVBuffer& recv) {
+  if (memory_space() == MemorySpace::kHost) return AllToAllV(send, recv);
+  return absl::UnimplementedError(
+      absl::StrCat(name(), " rank ", rank(), ": no all-to-all-v over host memory"));
+}
+
 absl::Status Communicator::ExchangeCounts(const std::vector<int64_t>& send_counts,
                                           std::vector<int64_t>* recv_counts) {
   const int num_ranks = world_size();
@@ -19,7 +26,7 @@ absl::Status Communicator::ExchangeCounts(const std::vector<int64_t>& send_count
   AllToAllVBuffer recv{recv_counts->data(), std::vector<int64_t>(num_ranks, sizeof(int64_t)), {}};
   PackOffsets(&send);
   PackOffsets(&recv);
-  return AllToAllV(send, recv);
+  return AllToAllVHost(send, recv);
 }
 
 int64_t PackOffsets(AllToAllVBuffer* buffer) {

@@ -81,11 +81,15 @@ class Communicator {
   // for an enqueue in progress on another thread, bounded by the timeout).
   virtual void Abort(const std::string& reason) = 0;
 
+  // AllToAllV over HOST buffers whatever memory_space() is (small metadata such as counts): host
+  // communicators run AllToAllV; device communicators override it and stage through device
+  // memory (UNIMPLEMENTED by default for them).
+  virtual absl::Status AllToAllVHost(const AllToAllVBuffer& send, const AllToAllVBuffer& recv);
+
   // Exchanges one int64 per peer: send_counts[p] goes to rank p, which finds it in its
-  // recv_counts[rank()]. Both have world_size() entries; recv_counts is resized. Implemented with
-  // AllToAllV over host memory; device communicators override it (they stage through the device).
-  virtual absl::Status ExchangeCounts(const std::vector<int64_t>& send_counts,
-                                      std::vector<int64_t>* recv_counts);
+  // recv_counts[rank()]. Both have world_size() entries (host memory); recv_counts is resized.
+  absl::Status ExchangeCounts(const std::vector<int64_t>& send_counts,
+                              std::vector<int64_t>* recv_counts);
 };
 
 // Fills offsets_bytes as the exclusive prefix sum of counts_bytes (the packed layout) and returns

@@ -69,6 +69,11 @@ absl::Status FaultyCommunicator::AllToAllV(const AllToAllVBuffer& send,
   return Intercept("all-to-all-v", [&] { return inner_->AllToAllV(send, recv); });
 }
 
+absl::Status FaultyCommunicator::AllToAllVHost(const AllToAllVBuffer& send,
+                                               const AllToAllVBuffer& recv) {
+  return Intercept("all-to-all-v", [&] { return inner_->AllToAllVHost(send, recv); });
+}
+
 absl::Status FaultyCommunicator::AllGather(const void* send_buffer, int64_t num_bytes,
                                            void* recv_buffer) {
   return Intercept("all-gather",

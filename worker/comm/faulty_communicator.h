@@ -2,7 +2,7 @@
 //
 // Wraps any Communicator and, on chosen calls, drops the call (this rank never arrives), delays it,
 // fails it, or "kills" this rank after N calls. Calls are numbered from 0 across all collectives
-// (AllToAllV, AllGather, Barrier; ExchangeCounts counts as one AllToAllV). Used to prove that a
+// (AllToAllV, AllGather, Barrier; AllToAllVHost and ExchangeCounts count as one AllToAllV). Used to prove that a
 // peer that dies or stalls becomes an error on every other rank, never a hang.
 #pragma once
 
@@ -59,6 +59,7 @@ class FaultyCommunicator final : public Communicator {
   std::string name() const override { return "faulty(" + inner_->name() + ")"; }
 
   absl::Status AllToAllV(const AllToAllVBuffer& send, const AllToAllVBuffer& recv) override;
+  absl::Status AllToAllVHost(const AllToAllVBuffer& send, const AllToAllVBuffer& recv) override;
   absl::Status AllGather(const void* send_buffer, int64_t num_bytes, void* recv_buffer) override;
   absl::Status Barrier() override;
   void Abort(const std::string& reason) override { inner_->Abort(reason); }

@@ -1,5 +1,6 @@
 #include "worker/comm/nccl_communicator.h"
 
+#include <algorithm>
 #include <nccl.h>
 
 #include <atomic>
@@ -73,8 +74,7 @@ class NcclCommunicator final : public Communicator {
   absl::Status AllGather(const void* send_buffer, int64_t num_bytes, void* recv_buffer) override;
   absl::Status Barrier() override;
   void Abort(const std::string& reason) override;
-  absl::Status ExchangeCounts(const std::vector<int64_t>& send_counts,
-                              std::vector<int64_t>* recv_counts) override;
+  absl::Status AllToAllVHost(const AllToAllVBuffer& send, const AllToAllVBuffer& recv) override;
 
  private:
   std::string Where(const char* op_name) const {
@@ -103,7 +103,10 @@ class NcclCommunicator final : public Communicator {
   const bool owns_stream_;
   const NcclCommunicatorOptions options_;
   cudaEvent_t done_event_ = nullptr;
-  void* scratch_ = nullptr;  // barrier word + count staging: 8 + 2 * world_size int64s
+  void* scratch_ = nullptr;  // the barrier word
+  // Device staging of AllToAllVHost (send bytes, then receive bytes); grows, never shrinks.
+  void* host_stage_ = nullptr;
+  int64_t host_stage_bytes_ = 0;
   std::thread watchdog_;
 };
 
@@ -111,7 +114,7 @@ absl::Status NcclCommunicator::Start() {
   SY_RETURN_IF_ERROR(CudaStatus(cudaSetDevice(device_), "cudaSetDevice"));
   SY_RETURN_IF_ERROR(CudaStatus(cudaEventCreateWithFlags(&done_event_, cudaEventDisableTiming),
                                 "cudaEventCreate"));
-  SY_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&scratch_, (8 + 2 * world_size_) * sizeof(int64_t)),
+  SY_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&scratch_, 8 * sizeof(int64_t)),
                                 "cudaMalloc scratch"));
   watchdog_ = std::thread([this] { WatchdogLoop(); });
   return absl::OkStatus();
@@ -141,6 +144,7 @@ NcclCommunicator::~NcclCommunicator() {
   }
   cudaSetDevice(device_);
   if (scratch_ != nullptr) cudaFree(scratch_);
+  if (host_stage_ != nullptr) cudaFree(host_stage_);
   if (done_event_ != nullptr) cudaEventDestroy(done_event_);
   if (owns_stream_ && stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -290,28 +294,44 @@ absl::Status NcclCommunicator::Barrier() {
   });
 }
 
-absl::Status NcclCommunicator::ExchangeCounts(const std::vector<int64_t>& send_counts,
-                                              std::vector<int64_t>* recv_counts) {
-  if (static_cast<int>(send_counts.size()) != world_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        Where("exchange-counts"), ": expected ", world_size_, " counts, got ", send_counts.size()));
+absl::Status NcclCommunicator::AllToAllVHost(const AllToAllVBuffer& send,
+                                             const AllToAllVBuffer& recv) {
+  absl::Status valid = ValidateAllToAllVBuffer(send, world_size_, "send");
+  if (valid.ok()) valid = ValidateAllToAllVBuffer(recv, world_size_, "recv");
+  if (!valid.ok()) {
+    Abort(valid.ToString());
+    return valid;
   }
-  const int64_t num_bytes = world_size_ * static_cast<int64_t>(sizeof(int64_t));
-  char* device_send = static_cast<char*>(scratch_) + 8 * sizeof(int64_t);
-  char* device_recv = device_send + num_bytes;
+  // The extent of each side: its regions may be in any order.
+  int64_t send_bytes = 0, recv_bytes = 0;
+  for (int peer = 0; peer < world_size_; ++peer) {
+    send_bytes = std::max(send_bytes, send.offsets_bytes[peer] + send.counts_bytes[peer]);
+    recv_bytes = std::max(recv_bytes, recv.offsets_bytes[peer] + recv.counts_bytes[peer]);
+  }
+  if (send_bytes + recv_bytes > host_stage_bytes_) {
+    if (host_stage_ != nullptr) cudaFree(host_stage_);
+    host_stage_ = nullptr;
+    host_stage_bytes_ = 0;
+    const int64_t capacity = std::max<int64_t>((send_bytes + recv_bytes) * 3 / 2, 4096);
+    SY_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&host_stage_, capacity), "cudaMalloc host staging"));
+    host_stage_bytes_ = capacity;
+  }
+  char* device_send = static_cast<char*>(host_stage_);
+  char* device_recv = device_send + send_bytes;
+  if (send_bytes > 0) {
+    SY_RETURN_IF_ERROR(CudaStatus(
+        cudaMemcpyAsync(device_send, send.data, send_bytes, cudaMemcpyHostToDevice, stream_),
+        "copy host all-to-all-v to device"));
+  }
+  AllToAllVBuffer device_send_desc = send, device_recv_desc = recv;
+  device_send_desc.data = device_send;
+  device_recv_desc.data = device_recv;
+  SY_RETURN_IF_ERROR(AllToAllV(device_send_desc, device_recv_desc));
+  if (recv_bytes == 0) return absl::OkStatus();
   SY_RETURN_IF_ERROR(CudaStatus(
-      cudaMemcpyAsync(device_send, send_counts.data(), num_bytes, cudaMemcpyHostToDevice, stream_),
-      "copy counts to device"));
-  AllToAllVBuffer send{device_send, std::vector<int64_t>(world_size_, sizeof(int64_t)), {}};
-  AllToAllVBuffer recv{device_recv, std::vector<int64_t>(world_size_, sizeof(int64_t)), {}};
-  PackOffsets(&send);
-  PackOffsets(&recv);
-  SY_RETURN_IF_ERROR(AllToAllV(send, recv));
-  recv_counts->resize(world_size_);
-  SY_RETURN_IF_ERROR(CudaStatus(
-      cudaMemcpyAsync(recv_counts->data(), device_recv, num_bytes, cudaMemcpyDeviceToHost, stream_),
-      "copy counts to host"));
-  return CudaStatus(cudaStreamSynchronize(stream_), "synchronize counts");
+      cudaMemcpyAsync(recv.data, device_recv, recv_bytes, cudaMemcpyDeviceToHost, stream_),
+      "copy host all-to-all-v to host"));
+  return CudaStatus(cudaStreamSynchronize(stream_), "synchronize host all-to-all-v");
 }
 
 absl::StatusOr<ncclUniqueId> RendezvousUniqueId(gloo::rendezvous::Store& store, int rank,

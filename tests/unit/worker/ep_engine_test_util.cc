@@ -87,12 +87,13 @@ std::filesystem::path MakeEpTestModel(const std::string& family) {
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> LoadEpTestEngine(
-    const std::filesystem::path& dir, std::function<bool(int64_t, int64_t)> load_expert) {
+    const std::filesystem::path& dir, std::function<bool(int64_t, int64_t)> load_expert,
+    std::unique_ptr<Backend> backend) {
   EngineOptions options;
   options.block_size = kBlockSize;
   options.num_kv_blocks = 64;
   options.weights.load_expert = std::move(load_expert);
-  return Engine::Load(dir, MakeCpuBackend(), options);
+  return Engine::Load(dir, backend != nullptr ? std::move(backend) : MakeCpuBackend(), options);
 }
 
 std::vector<SeqPlan> MakePlan(int world_size, int64_t vocab_size) {

@@ -19,9 +19,11 @@ namespace switchyard::testing {
 // Writes (once per process and family) a toy checkpoint of `family` under the test temp dir.
 std::filesystem::path MakeEpTestModel(const std::string& family);
 
-// Loads an engine with 4-token KV blocks; `load_expert` empty = every expert.
+// Loads an engine with 4-token KV blocks; `load_expert` empty = every expert; `backend` null = a
+// CPU backend.
 absl::StatusOr<std::unique_ptr<Engine>> LoadEpTestEngine(
-    const std::filesystem::path& dir, std::function<bool(int64_t, int64_t)> load_expert = {});
+    const std::filesystem::path& dir, std::function<bool(int64_t, int64_t)> load_expert = {},
+    std::unique_ptr<Backend> backend = nullptr);
 
 // One sequence: its owner rank, tokens, the chunk sizes it runs in (summing to its length), the
 // step of its first chunk, and its KV blocks (distinct over all sequences of a plan).

@@ -75,6 +75,10 @@ absl::Status CheckTraffic(const DispatchStats& stats, const LayerPlacement& plac
                           const MoeCase& moe_case, int me) {
   const int64_t row_bytes = moe_case.hidden * 4;
   const ExpectedTraffic mine = ExpectTraffic(placement, moe_case, me);
+  // The entries travel after the token rows, padded to whole rows.
+  auto entry_bytes = [&](int64_t num_entries) {
+    return (num_entries * kDispatchEntryBytes + row_bytes - 1) / row_bytes * row_bytes;
+  };
   for (int peer = 0; peer < moe_case.world_size; ++peer) {
     const ExpectedTraffic theirs = ExpectTraffic(placement, moe_case, peer);
     const int64_t sent = mine.choices[peer], received = theirs.choices[me];
@@ -88,9 +92,9 @@ absl::Status CheckTraffic(const DispatchStats& stats, const LayerPlacement& plac
         {stats.token_rows_sent_per_peer[peer], rows_out},
         {stats.token_rows_received_per_peer[peer], rows_in},
         {stats.dispatch_bytes_sent_per_peer[peer],
-         remote ? rows_out * row_bytes + sent * kDispatchEntryBytes : 0},
+         remote ? rows_out * row_bytes + entry_bytes(sent) : 0},
         {stats.dispatch_bytes_received_per_peer[peer],
-         remote ? rows_in * row_bytes + received * kDispatchEntryBytes : 0},
+         remote ? rows_in * row_bytes + entry_bytes(received) : 0},
         // Back: one row per choice, or one per token row with sum_per_rank.
         {stats.combine_bytes_sent_per_peer[peer],
          remote ? (moe_case.sum_per_rank ? rows_in : received) * row_bytes : 0},
@@ -228,8 +232,11 @@ void DispatchWorldTest::ExpectProvenance(int64_t k) const {
   const auto statuses = RunLoopbackRanks(world_size, FastOptions(), [&](Communicator& comm) {
     const int me = comm.rank();
     const GroupedExpertFn toy = testing::ToyExperts(placement, me);
-    GroupedExpertFn checking = [&](const float* rows, const int64_t* offsets, int64_t num_slots,
-                                   int64_t hidden, float* out) -> absl::Status {
+    GroupedExpertFn checking = [&](const Tensor& row_tensor, std::span<const int64_t> offsets,
+                                   const Tensor& out) -> absl::Status {
+      const int64_t num_slots = static_cast<int64_t>(offsets.size()) - 1;
+      const int64_t hidden = row_tensor.dim(1);
+      const float* rows = row_tensor.data_as<const float>();
       for (int64_t slot = 0; slot < num_slots; ++slot) {
         const int32_t expert = placement.expert_at(me, static_cast<int32_t>(slot));
         int64_t row_idx = offsets[slot];
@@ -250,7 +257,7 @@ void DispatchWorldTest::ExpectProvenance(int64_t k) const {
           return absl::InternalError(absl::StrCat("rank ", me, " slot ", slot, ": extra rows"));
         }
       }
-      return toy(rows, offsets, num_slots, hidden, out);
+      return toy(row_tensor, offsets, out);
     };
     const testing::RankInputs& in = inputs[me];
     std::vector<float> out(in.num_tokens * 4);
@@ -311,7 +318,8 @@ TEST_P(DispatchWorldTest, ReplicatedExpertsBalanceOverReplicas) {
 TEST_P(DispatchWorldTest, WarmDispatcherReusesBuffersAcrossBatchSizes) {
   const LayerPlacement placement = Contiguous(8);
   const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
-    MoeDispatcher dispatcher(&comm);
+    std::unique_ptr<Backend> backend = MakeCpuBackend();
+    MoeDispatcher dispatcher(&comm, backend.get());
     for (int64_t tokens : {9, 2, 0, 15, 4}) {
       MoeCase moe_case = Case(world_size(), 2, Routing::kRandom,
                               std::vector<int64_t>(world_size(), tokens + comm.world_size()));
@@ -319,8 +327,9 @@ TEST_P(DispatchWorldTest, WarmDispatcherReusesBuffersAcrossBatchSizes) {
       const testing::RankInputs in = testing::MakeInputs(moe_case, comm.rank());
       std::vector<float> out(in.num_tokens * moe_case.hidden);
       absl::Status status = dispatcher.Run(
-          placement, in.x.data(), in.num_tokens, moe_case.hidden, in.ids.data(), in.weights.data(),
-          moe_case.k, testing::ToyExperts(placement, comm.rank()), out.data(), nullptr);
+          placement, BorrowedHostRows(in.x.data(), in.num_tokens, moe_case.hidden), in.ids,
+          in.weights, moe_case.k, testing::ToyExperts(placement, comm.rank()),
+          BorrowedHostRows(out.data(), in.num_tokens, moe_case.hidden), nullptr);
       if (!status.ok()) return status;
       status = testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, comm.rank());
       if (!status.ok()) return status;
@@ -417,7 +426,7 @@ TEST(DispatchTest, ExpertErrorPropagatesAndAbortsThePeers) {
     float out[2];
     GroupedExpertFn experts = testing::ToyExperts(placement, comm.rank());
     if (comm.rank() == 0) {
-      experts = [](const float*, const int64_t*, int64_t, int64_t, float*) {
+      experts = [](const Tensor&, std::span<const int64_t>, const Tensor&) {
         return absl::ResourceExhaustedError("out of scratch memory");
       };
     }

@@ -46,10 +46,21 @@ RankInputs MakeInputs(const MoeCase& moe_case, int rank) {
 }
 
 GroupedExpertFn ToyExperts(const LayerPlacement& placement, int rank, int* num_calls) {
-  return [&placement, rank, num_calls](const float* rows, const int64_t* expert_offsets,
-                                       int64_t num_local_slots, int64_t hidden,
-                                       float* out_rows) -> absl::Status {
+  return [&placement, rank, num_calls](const Tensor& row_tensor,
+                                       std::span<const int64_t> expert_offsets,
+                                       const Tensor& out_tensor) -> absl::Status {
     if (num_calls != nullptr) ++*num_calls;
+    const int64_t num_local_slots = static_cast<int64_t>(expert_offsets.size()) - 1;
+    const int64_t hidden = row_tensor.dim(1);
+    const float* rows = row_tensor.data_as<const float>();
+    float* out_rows = out_tensor.data_as<float>();
+    if (row_tensor.dtype() != DType::kF32 || out_tensor.shape() != row_tensor.shape() ||
+        row_tensor.dim(0) != expert_offsets.back()) {
+      return absl::InternalError(absl::StrCat("rank ", rank, ": expert call with rows ",
+                                              row_tensor.ShapeString(), ", out ",
+                                              out_tensor.ShapeString(), ", ",
+                                              expert_offsets.back(), " rows by offsets"));
+    }
     if (num_local_slots != placement.num_local_slots(rank)) {
       return absl::InternalError(absl::StrCat("rank ", rank, ": expert call with ", num_local_slots,
                                               " slots, placement has ",
