@@ -71,6 +71,25 @@ absl::Status ComputePlacements(const ModelConfig& config, int32_t num_workers,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::string> ResolveDataPlane(std::string_view requested,
+                                             const std::vector<std::string>& worker_backends) {
+  if (requested != "auto" && requested != "gloo" && requested != "nccl") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data plane: expected auto, gloo or nccl, found '", std::string(requested), "'"));
+  }
+  if (requested == "gloo") return std::string("gloo");
+  for (size_t rank = 0; rank < worker_backends.size(); ++rank) {
+    if (worker_backends[rank] == "cuda") continue;
+    if (requested == "auto") return std::string("gloo");
+    return absl::FailedPreconditionError(
+        absl::StrCat("data plane nccl: worker ", rank, " registered with the '",
+                     worker_backends[rank], "' backend, nccl needs cuda on every worker"));
+  }
+  // No workers known yet (a flag check): auto cannot decide, so it stays auto.
+  if (worker_backends.empty()) return std::string(requested);
+  return std::string("nccl");
+}
+
 ClusterService::ClusterService(ClusterOptions options, ReadyCallback on_ready,
                                LostCallback on_lost)
     : options_(std::move(options)), on_ready_(std::move(on_ready)), on_lost_(std::move(on_lost)) {}
@@ -262,7 +281,10 @@ absl::Status ClusterService::LoadAll() {
     prefix = absl::StrCat("gen", generation_++, "/");
     workers = workers_;
   }
-  SY_LOG_INFO("loading {} workers, placement {}", workers.size(),
+  std::vector<std::string> backends;
+  for (const WorkerRecord& worker : workers) backends.push_back(worker.backend);
+  SY_ASSIGN_OR_RETURN(const std::string data_plane, ResolveDataPlane(options_.data_plane, backends));
+  SY_LOG_INFO("loading {} workers over {}, placement {}", workers.size(), data_plane,
               summary.encoded.empty() ? "(dense)" : summary.encoded);
   const size_t n = workers.size();
   std::vector<grpc::ClientContext> contexts(n);
@@ -284,7 +306,7 @@ absl::Status ClusterService::LoadAll() {
     request.set_rendezvous_prefix(prefix);
     request.set_block_size(static_cast<uint32_t>(options_.block_size));
     request.set_kv_cache_bytes(options_.kv_cache_bytes);
-    request.set_data_plane(options_.data_plane);
+    request.set_data_plane(data_plane);
     request.set_comm_timeout_ms(options_.comm_timeout_ms);
     contexts[i].set_deadline(absl::ToChronoTime(absl::Now() + options_.load_timeout));
     workers[i].stub->async()->Load(&contexts[i], &request, &responses[i],

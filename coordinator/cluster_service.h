@@ -34,7 +34,9 @@ struct ClusterOptions {
   int32_t redundant_experts = 0;  // extra expert slots per rank (0: contiguous shards)
   int32_t block_size = 16;
   uint64_t kv_cache_bytes = 0;  // 0: each worker uses its own --kv_cache_mb
-  std::string data_plane = "gloo";
+  // "gloo", "nccl", or "auto": nccl when every worker registered with the cuda backend, gloo
+  // otherwise (ResolveDataPlane).
+  std::string data_plane = "auto";
   uint32_t comm_timeout_ms = 30000;
   absl::Duration load_timeout = absl::Minutes(10);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
@@ -71,6 +73,12 @@ struct PlacementSummary {
 absl::Status ComputePlacements(const ModelConfig& config, int32_t num_workers,
                                int32_t redundant_experts, std::vector<std::string>* layer_texts,
                                PlacementSummary* summary);
+
+// The data plane the workers join: `requested` ("auto", "gloo" or "nccl") against the backends the
+// workers registered with. INVALID_ARGUMENT for an unknown name; FAILED_PRECONDITION for nccl with
+// a worker that is not on cuda.
+absl::StatusOr<std::string> ResolveDataPlane(std::string_view requested,
+                                             const std::vector<std::string>& worker_backends);
 
 // Thread-safe. The service methods run on the control server's sync thread pool; StoreGet blocks
 // there by design (it waits for keys). Start() runs one named thread ("membership") that loads the

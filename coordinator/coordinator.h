@@ -34,6 +34,7 @@ struct CoordinatorOptions {
   absl::Duration step_timeout = absl::Seconds(120);
   absl::Duration load_timeout = absl::Minutes(30);
   uint32_t comm_timeout_ms = 60000;
+  std::string data_plane = "auto";  // auto, gloo or nccl (ClusterOptions::data_plane)
 };
 
 class Coordinator {

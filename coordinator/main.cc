@@ -7,6 +7,7 @@
 #include "absl/flags/usage.h"
 #include "common/flags.h"
 #include "common/logging.h"
+#include "coordinator/cluster_service.h"
 #include "coordinator/coordinator.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (reads config.json and tokenizer.json)");
@@ -29,6 +30,9 @@ ABSL_FLAG(double, drain_timeout_s, 30, "on SIGTERM, seconds to let live requests
 ABSL_FLAG(double, heartbeat_timeout_s, 10, "a worker silent this long is declared lost");
 ABSL_FLAG(double, step_timeout_s, 120, "a step that takes longer fails");
 ABSL_FLAG(double, load_timeout_s, 1800, "workers must load within this many seconds");
+ABSL_FLAG(std::string, data_plane, "auto",
+          "expert-parallel transport: gloo (TCP), nccl (GPUs), or auto (nccl when every worker "
+          "runs on cuda)");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -63,6 +67,11 @@ int main(int argc, char** argv) {
   options.heartbeat_timeout = absl::Seconds(absl::GetFlag(FLAGS_heartbeat_timeout_s));
   options.step_timeout = absl::Seconds(absl::GetFlag(FLAGS_step_timeout_s));
   options.load_timeout = absl::Seconds(absl::GetFlag(FLAGS_load_timeout_s));
+  options.data_plane = absl::GetFlag(FLAGS_data_plane);
+  if (auto plane = switchyard::ResolveDataPlane(options.data_plane, {}); !plane.ok()) {
+    SY_LOG_ERROR("--data_plane: {}", plane.status().ToString());
+    return 2;
+  }
   if (options.num_workers < 1) {
     SY_LOG_ERROR("--num_workers = {}: expected at least 1", options.num_workers);
     return 2;

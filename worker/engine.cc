@@ -161,11 +161,13 @@ absl::Status Engine::PrepareStep(std::span<const BatchEntry> batch) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::Forward(std::span<const BatchEntry> batch, ForwardOutput* output) {
+absl::Status Engine::Forward(std::span<const BatchEntry> batch, ForwardOutput* output,
+                             const ForwardOptions& options) {
   if (batch.empty()) {
     output->vocab_size = config_.vocab_size;
     output->logits.clear();
     output->first_row.clear();
+    output->device_logits = Tensor();
     return ForwardIdle();
   }
   SY_RETURN_IF_ERROR(ValidateBatch(batch));
@@ -177,7 +179,7 @@ absl::Status Engine::Forward(std::span<const BatchEntry> batch, ForwardOutput* o
     SY_RETURN_IF_ERROR(AttentionBlock(layer, x));
     SY_RETURN_IF_ERROR(FfnBlock(layer, x));
   }
-  return ComputeLogits(batch, x, output);
+  return ComputeLogits(batch, x, options, output);
 }
 
 absl::Status Engine::ForwardIdle() {
@@ -276,7 +278,7 @@ absl::Status Engine::FfnBlock(int64_t layer_idx, const Tensor& x) {
 }
 
 absl::Status Engine::ComputeLogits(std::span<const BatchEntry> batch, const Tensor& x,
-                                   ForwardOutput* output) {
+                                   const ForwardOptions& options, ForwardOutput* output) {
   std::vector<int32_t> rows;
   output->first_row.clear();
   for (const kernels::cpu::AttentionSeq& seq : step_seqs_) {
@@ -293,6 +295,11 @@ absl::Status Engine::ComputeLogits(std::span<const BatchEntry> batch, const Tens
   SY_RETURN_IF_ERROR(backend_->RmsNorm(selected, weights_.final_norm, config_.rms_norm_eps, selected));
   SY_RETURN_IF_ERROR(backend_->Linear(selected, weights_.lm_head, Tensor(), logits));
   output->vocab_size = config_.vocab_size;
+  output->device_logits = logits;
+  if (!options.logits_to_host) {
+    output->logits.clear();
+    return absl::OkStatus();
+  }
   output->logits.resize(num_rows * config_.vocab_size);
   return backend_->CopyToHost(logits, output->logits);
 }

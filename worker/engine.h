@@ -38,10 +38,18 @@ struct BatchEntry {
   bool all_logits = false;               // logits of every token, else only of the last
 };
 
+struct ForwardOptions {
+  // Copy the logits to ForwardOutput::logits. Off when the caller samples on the device
+  // (Backend::SampleTokens on ForwardOutput::device_logits).
+  bool logits_to_host = true;
+};
+
 struct ForwardOutput {
   int64_t vocab_size = 0;
-  std::vector<float> logits;        // [num_rows, vocab], entries in batch order
+  std::vector<float> logits;        // [num_rows, vocab], entries in batch order (logits_to_host)
   std::vector<int64_t> first_row;   // per entry, its first row in logits
+  // The same logits in the backend's memory (F32 [num_rows, vocab]); valid until the next Forward.
+  Tensor device_logits;
 };
 
 // Not thread-safe: one thread drives an engine.
@@ -70,7 +78,8 @@ class Engine {
   // Runs the batch. INVALID_ARGUMENT for a bad entry (empty tokens, token id out of the vocab,
   // block table too short or naming a block out of range) before any state changes.
   // An empty batch runs ForwardIdle() and returns no logits.
-  absl::Status Forward(std::span<const BatchEntry> batch, ForwardOutput* output);
+  absl::Status Forward(std::span<const BatchEntry> batch, ForwardOutput* output,
+                       const ForwardOptions& options = {});
 
   // A step with no tokens on this rank: runs every MoE layer's executor with zero rows, so that an
   // expert-parallel rank takes part in the collectives of a step its peers run (lockstep). Touches
@@ -88,7 +97,8 @@ class Engine {
   absl::Status PrepareStep(std::span<const BatchEntry> batch);
   absl::Status AttentionBlock(int64_t layer_idx, const Tensor& x);
   absl::Status FfnBlock(int64_t layer_idx, const Tensor& x);
-  absl::Status ComputeLogits(std::span<const BatchEntry> batch, const Tensor& x, ForwardOutput* output);
+  absl::Status ComputeLogits(std::span<const BatchEntry> batch, const Tensor& x,
+                             const ForwardOptions& options, ForwardOutput* output);
 
   ModelConfig config_;
   std::unique_ptr<Backend> backend_;

@@ -22,6 +22,9 @@
 #include "worker/backend/backend.h"
 #include "worker/cluster_link.h"
 #include "worker/comm/gloo_communicator.h"
+#if defined(SWITCHYARD_HAVE_NCCL)
+#include "worker/comm/nccl_communicator.h"
+#endif
 #include "worker/control_service.h"
 #include "worker/step_metrics.h"
 #include "worker/store_client.h"
@@ -49,26 +52,52 @@ namespace {
 
 std::atomic<bool> g_shutdown_requested{false};
 
-absl::StatusOr<std::unique_ptr<Communicator>> MakeGloo(
-    const v1::LoadRequest& request, const std::string& coordinator_address,
-    const std::string& advertise_host, std::shared_ptr<std::atomic<bool>> cancelled) {
-  if (!request.data_plane().empty() && request.data_plane() != "gloo") {
-    return absl::UnimplementedError(
-        absl::StrCat("data plane '", request.data_plane(), "': this worker supports gloo only"));
+// The data plane the coordinator asked for in Load: Gloo over TCP, or NCCL on this worker's GPU.
+// The coordinator's store serves both rendezvous (Gloo's addresses, NCCL's unique id).
+absl::StatusOr<std::unique_ptr<Communicator>> MakeCommunicator(
+    const v1::LoadRequest& request, const std::string& backend,
+    const std::string& coordinator_address, const std::string& advertise_host,
+    std::shared_ptr<std::atomic<bool>> cancelled) {
+  const std::string& data_plane = request.data_plane();
+  if (!data_plane.empty() && data_plane != "gloo" && data_plane != "nccl") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data plane: expected gloo or nccl, found '", data_plane, "'"));
   }
-  GlooCommunicatorOptions options;
-  options.hostname = advertise_host;
-  if (!request.rendezvous_prefix().empty()) options.store_prefix = request.rendezvous_prefix();
+  CommunicatorOptions comm_options;
   if (request.comm_timeout_ms() > 0) {
-    options.comm.timeout = absl::Milliseconds(request.comm_timeout_ms());
+    comm_options.timeout = absl::Milliseconds(request.comm_timeout_ms());
   }
   ClusterStoreOptions store_options;
   store_options.cancelled = std::move(cancelled);
   auto store = std::make_shared<ClusterStore>(
       grpc::CreateChannel(coordinator_address, grpc::InsecureChannelCredentials()),
       coordinator_address, store_options);
-  return CreateGlooCommunicator(std::move(store), static_cast<int>(request.rank()),
-                                static_cast<int>(request.world_size()), options);
+  const int rank = static_cast<int>(request.rank());
+  const int world_size = static_cast<int>(request.world_size());
+  if (data_plane == "nccl") {
+    if (backend != "cuda") {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data plane nccl needs the cuda backend, this worker runs ", backend));
+    }
+#if defined(SWITCHYARD_HAVE_NCCL)
+    NcclCommunicatorOptions options;
+    options.comm = comm_options;
+    options.device = 0;  // the CUDA backend's device (one visible GPU per worker)
+    if (!request.rendezvous_prefix().empty()) {
+      options.store_prefix = request.rendezvous_prefix() + "nccl";
+    }
+    return CreateNcclCommunicator(std::move(store), rank, world_size, options);
+#else
+    return absl::UnimplementedError(
+        "data plane nccl: this worker was built without NCCL (configure with "
+        "-DSWITCHYARD_WITH_NCCL=ON)");
+#endif
+  }
+  GlooCommunicatorOptions options;
+  options.comm = comm_options;
+  options.hostname = advertise_host;
+  if (!request.rendezvous_prefix().empty()) options.store_prefix = request.rendezvous_prefix();
+  return CreateGlooCommunicator(std::move(store), rank, world_size, options);
 }
 
 absl::Status WritePortFile(const std::string& path, int control_port, int http_port) {
@@ -158,8 +187,9 @@ int Run() {
   runtime_options.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_mb) << 20;
   // Set on shutdown, so that a Load waiting for its peers' rendezvous gives up at once.
   auto stopping = std::make_shared<std::atomic<bool>>(false);
-  runtime_options.make_communicator = [=](const v1::LoadRequest& request) {
-    return MakeGloo(request, coordinator_address, advertise_host, stopping);
+  runtime_options.make_communicator = [=, backend = runtime_options.backend](
+                                          const v1::LoadRequest& request) {
+    return MakeCommunicator(request, backend, coordinator_address, advertise_host, stopping);
   };
   WorkerRuntime runtime(runtime_options);
 

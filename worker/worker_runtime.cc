@@ -106,7 +106,9 @@ absl::Status WorkerRuntime::Load(const v1::LoadRequest& request, v1::LoadRespons
     engine_options.kv_cache_bytes = static_cast<int64_t>(request.kv_cache_bytes());
   }
   engine_options.weights.load_expert = ShardLoadPredicate(config, placements, rank_);
-  SY_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(options_.backend));
+  SY_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, options_.make_backend
+                                                            ? options_.make_backend()
+                                                            : MakeBackend(options_.backend));
   const std::string device(backend->name());
   SY_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                       Engine::Load(model_dir, std::move(backend), engine_options));
@@ -170,7 +172,7 @@ absl::Status WorkerRuntime::ExecuteStep(const v1::StepRequest& request,
   }
   ApplyStructure(request);
   SY_RETURN_IF_ERROR(RunForward(request, response->mutable_stats()));
-  SampleTokens(request, response);
+  SY_RETURN_IF_ERROR(SampleTokens(request, response));
   last_step_.num_sequences = request.work_size();
   last_step_.num_tokens = request.token_ids_size();
   last_step_.num_sampled = response->tokens_size();
@@ -331,9 +333,13 @@ absl::Status WorkerRuntime::RunForward(const v1::StepRequest& request, v1::StepS
                                             work.num_tokens()),
                    work.start_position(), seq.block_table, /*all_logits=*/false});
   }
+  sample_on_device_ = SamplesOnDevice(request);
   const absl::Time start = absl::Now();
   absl::Status status =
-      batch_.empty() ? engine_->ForwardIdle() : engine_->Forward(batch_, &forward_output_);
+      batch_.empty()
+          ? engine_->ForwardIdle()
+          : engine_->Forward(batch_, &forward_output_,
+                             ForwardOptions{.logits_to_host = !sample_on_device_});
   if (!status.ok()) return FailDataPlane(request.step_id(), std::move(status));
   stats->set_forward_seconds(Seconds(absl::Now() - start));
   stats->set_num_tokens(static_cast<uint64_t>(request.token_ids_size()));
@@ -354,8 +360,52 @@ absl::Status WorkerRuntime::RunForward(const v1::StepRequest& request, v1::StepS
   return absl::OkStatus();
 }
 
-void WorkerRuntime::SampleTokens(const v1::StepRequest& request, v1::StepResponse* response) {
+bool WorkerRuntime::SamplesOnDevice(const v1::StepRequest& request) const {
+  if (!engine_->backend().samples_on_device()) return false;
+  for (const v1::SequenceWork& work : request.work()) {
+    if (!work.sample()) continue;
+    const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
+    if (p.num_logprobs > 0 || p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f ||
+        p.frequency_penalty != 0.0f) {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::Status WorkerRuntime::SampleTokens(const v1::StepRequest& request,
+                                         v1::StepResponse* response) {
   const int64_t vocab_size = forward_output_.vocab_size;
+  if (sample_on_device_) {
+    device_rows_.clear();
+    device_params_.clear();
+    for (int i = 0; i < request.work_size(); ++i) {
+      const v1::SequenceWork& work = request.work(i);
+      if (!work.sample()) continue;
+      const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
+      device_rows_.push_back(forward_output_.first_row[i]);
+      device_params_.push_back(DeviceSamplingRow{
+          p.temperature, p.top_k, p.top_p, p.min_p, p.seed,
+          static_cast<uint64_t>(work.start_position() + work.num_tokens())});
+    }
+    device_tokens_.resize(device_rows_.size());
+    if (!device_rows_.empty()) {
+      absl::Status status = engine_->backend().SampleTokens(
+          forward_output_.device_logits, device_rows_, device_params_, device_tokens_);
+      if (!status.ok()) {
+        return absl::Status(status.code(), absl::StrCat("step ", request.step_id(), " rank ",
+                                                        rank_, " sampling: ", status.message()));
+      }
+    }
+    size_t next = 0;
+    for (const v1::SequenceWork& work : request.work()) {
+      if (!work.sample()) continue;
+      v1::SampledToken* token = response->add_tokens();
+      token->set_seq_id(work.seq_id());
+      token->set_token_id(device_tokens_[next++]);  // no logprob: none was asked for
+    }
+    return absl::OkStatus();
+  }
   for (int i = 0; i < request.work_size(); ++i) {
     const v1::SequenceWork& work = request.work(i);
     if (!work.sample()) continue;
@@ -374,6 +424,7 @@ void WorkerRuntime::SampleTokens(const v1::StepRequest& request, v1::StepRespons
       token->add_top_logprobs(logprob);
     }
   }
+  return absl::OkStatus();
 }
 
 absl::Status WorkerRuntime::FailDataPlane(int64_t step_id, absl::Status status) {

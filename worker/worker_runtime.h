@@ -53,6 +53,8 @@ struct WorkerRuntimeOptions {
   // LoadRequest.kv_cache_bytes. Without either, EngineOptions' default.
   int64_t kv_cache_bytes = 0;
   CommunicatorFactory make_communicator;
+  // When set, makes the backend instead of MakeBackend(backend) (tests).
+  std::function<absl::StatusOr<std::unique_ptr<Backend>>()> make_backend;
 };
 
 // Totals of the latest step, for metrics and logs.
@@ -121,7 +123,10 @@ class WorkerRuntime {
                             int64_t num_tokens, int64_t num_blocks) const;
   void ApplyStructure(const v1::StepRequest& request);
   absl::Status RunForward(const v1::StepRequest& request, v1::StepStats* stats);
-  void SampleTokens(const v1::StepRequest& request, v1::StepResponse* response);
+  // True when every sequence sampled in this step can be sampled by the backend on its device
+  // (Backend::samples_on_device, and no penalties or logprobs, which need the host sampler).
+  bool SamplesOnDevice(const v1::StepRequest& request) const;
+  absl::Status SampleTokens(const v1::StepRequest& request, v1::StepResponse* response);
   static void AddTokens(Sequence& seq, std::span<const int32_t> token_ids);
   absl::Status FailDataPlane(int64_t step_id, absl::Status status);
 
@@ -143,7 +148,11 @@ class WorkerRuntime {
   // Per-step buffers, reused.
   std::vector<BatchEntry> batch_;
   ForwardOutput forward_output_;
+  bool sample_on_device_ = false;  // this step's choice (SamplesOnDevice)
   SampledToken sampled_;
+  std::vector<int64_t> device_rows_;
+  std::vector<DeviceSamplingRow> device_params_;
+  std::vector<int32_t> device_tokens_;
 };
 
 // SamplingParams from the coordinator's resolved sampling (has_seed is set: the coordinator has

@@ -33,6 +33,17 @@ struct AttentionParams {
   int64_t chunk_size = 0;  // 0 = full causal attention
 };
 
+// Per-row parameters of Backend::SampleTokens: the penalty-free part of SamplingParams
+// (worker/sampler.h), with the row's seed and the absolute position of the token being sampled.
+struct DeviceSamplingRow {
+  float temperature = 1.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  uint64_t seed = 0;
+  uint64_t position = 0;
+};
+
 // One backend instance per worker; not thread-safe (one engine thread drives it).
 class Backend {
  public:
@@ -118,6 +129,16 @@ class Backend {
   virtual absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                                    std::span<const float> weights, int64_t k,
                                    const Tensor& out) = 0;
+
+  // True when SampleTokens runs here, so that the logits need not be copied to the host.
+  virtual bool samples_on_device() const { return false; }
+  // token_ids[i] = the token sampled from row rows[i] of logits (F32 [R, vocab]) with params[i],
+  // as Sampler::Sample would pick it without penalties (temperature, min_p, top_k, top_p and the
+  // (seed, position) draw; greedy below kGreedyTemperature). No logprobs. Complete on return.
+  // UNIMPLEMENTED unless samples_on_device().
+  virtual absl::Status SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
+                                    std::span<const DeviceSamplingRow> params,
+                                    std::span<int32_t> token_ids);
 };
 
 // The argument checks GroupedLinear / GroupedMatMul share across backends (see there); `op`

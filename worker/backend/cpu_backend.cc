@@ -233,6 +233,12 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 
+absl::Status Backend::SampleTokens(const Tensor&, std::span<const int64_t>,
+                                   std::span<const DeviceSamplingRow>, std::span<int32_t>) {
+  return absl::UnimplementedError(
+      absl::StrCat(std::string(name()), " backend: no sampler of its own (sample on the host)"));
+}
+
 absl::Status CheckGroupedGemmArgs(std::span<const Tensor* const> weights,
                                   std::span<const int64_t> offsets, int64_t num_rows,
                                   std::string_view op) {

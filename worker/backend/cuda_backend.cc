@@ -23,6 +23,7 @@
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/router.h"
+#include "kernels/cuda/sampling.h"
 
 namespace switchyard {
 namespace {
@@ -70,7 +71,9 @@ struct CudaContext {
 };
 
 // Host arrays copied to the device, one growable buffer per purpose.
-enum UploadSlot { kIds, kPositions, kInvFreq, kSlots, kAttnPlan, kRowIdx, kRowScale, kNumUploadSlots };
+enum UploadSlot {
+  kIds, kPositions, kInvFreq, kSlots, kAttnPlan, kRowIdx, kRowScale, kSamplingParams, kNumUploadSlots
+};
 
 class CudaBackend final : public Backend {
  public:
@@ -81,6 +84,9 @@ class CudaBackend final : public Backend {
     Synchronize().IgnoreError();
     for (DeviceBuffer& b : uploads_) cudaFreeAsync(b.data, ctx_->stream);
     cudaFreeAsync(router_out_.data, ctx_->stream);
+    for (DeviceBuffer* b : {&sample_logits_, &sample_ids_, &sample_workspace_}) {
+      cudaFreeAsync(b->data, ctx_->stream);
+    }
     if (pinned_ != nullptr) cudaFreeHost(pinned_);
   }
 
@@ -330,6 +336,12 @@ class CudaBackend final : public Backend {
     });
   }
 
+  bool samples_on_device() const override { return true; }
+
+  absl::Status SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
+                            std::span<const DeviceSamplingRow> params,
+                            std::span<int32_t> token_ids) override;
+
   absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                            std::span<const float> weights, int64_t k, const Tensor& out) override {
     SY_RETURN_IF_ERROR(SameDType(rows, out, "CombineRows"));
@@ -467,6 +479,10 @@ class CudaBackend final : public Backend {
   std::vector<kc::GemmGroup> groups_;  // the current grouped call's non-empty groups
   DeviceBuffer uploads_[kNumUploadSlots];
   DeviceBuffer router_out_;  // topk ids then weights
+  // SampleTokens: the rows to sample, gathered; the sampled ids; CUB's workspace.
+  DeviceBuffer sample_logits_, sample_ids_, sample_workspace_;
+  std::vector<int32_t> sample_rows_;
+  std::vector<kc::SamplingRowParams> sample_params_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   std::vector<uint16_t> host_bf16_;
@@ -477,6 +493,62 @@ class CudaBackend final : public Backend {
 };
 
 size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+absl::Status CudaBackend::SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
+                                       std::span<const DeviceSamplingRow> params,
+                                       std::span<int32_t> token_ids) {
+  SY_RETURN_IF_ERROR(CheckDType(logits, DType::kF32, "SampleTokens"));
+  const int64_t num_rows = static_cast<int64_t>(rows.size());
+  if (params.size() != rows.size() || token_ids.size() != rows.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: SampleTokens: ", rows.size(),
+                                                   " rows, ", params.size(), " params, ",
+                                                   token_ids.size(), " outputs"));
+  }
+  if (num_rows == 0) return absl::OkStatus();
+  const int64_t vocab = Cols(logits);
+  // The rows to sample, gathered into one [num_rows, vocab] block.
+  sample_rows_.assign(rows.begin(), rows.end());
+  SY_ASSIGN_OR_RETURN(void* compact, Reserve(sample_logits_, num_rows * vocab * sizeof(float)));
+  SY_ASSIGN_OR_RETURN(const int32_t* d_rows,
+                      Upload(kRowIdx, std::span<const int32_t>(sample_rows_)));
+  SY_RETURN_IF_ERROR(CudaStatus(
+      kc::LaunchGatherRows(P<float>(logits), d_rows, nullptr, num_rows, vocab,
+                           static_cast<float*>(compact), ctx_->stream),
+      "LaunchGatherRows(SampleTokens)"));
+  SY_ASSIGN_OR_RETURN(void* d_ids, Reserve(sample_ids_, num_rows * sizeof(int32_t)));
+  bool all_greedy = true;
+  sample_params_.resize(num_rows);
+  for (int64_t i = 0; i < num_rows; ++i) {
+    const DeviceSamplingRow& p = params[i];
+    sample_params_[i] = kc::SamplingRowParams{p.temperature, p.top_k, p.top_p, p.min_p, p.seed,
+                                              p.position};
+    all_greedy = all_greedy && p.temperature < kc::kCudaGreedyTemperature;
+  }
+  if (all_greedy) {
+    SY_RETURN_IF_ERROR(CudaStatus(kc::LaunchArgmax(static_cast<const float*>(compact), num_rows,
+                                                   vocab, static_cast<int32_t*>(d_ids),
+                                                   ctx_->stream),
+                                  "LaunchArgmax"));
+  } else {
+    size_t workspace_bytes = 0;
+    SY_RETURN_IF_ERROR(CudaStatus(kc::SamplingWorkspaceBytes(num_rows, vocab, &workspace_bytes),
+                                  "SamplingWorkspaceBytes"));
+    SY_ASSIGN_OR_RETURN(void* workspace,
+                        Reserve(sample_workspace_, std::max<size_t>(workspace_bytes, 1)));
+    SY_ASSIGN_OR_RETURN(const kc::SamplingRowParams* d_params,
+                        Upload(kSamplingParams,
+                               std::span<const kc::SamplingRowParams>(sample_params_)));
+    SY_RETURN_IF_ERROR(CudaStatus(
+        kc::LaunchSampleTokens(static_cast<const float*>(compact), num_rows, vocab, d_params,
+                               workspace, workspace_bytes, static_cast<int32_t*>(d_ids),
+                               ctx_->stream),
+        "LaunchSampleTokens"));
+  }
+  SY_ASSIGN_OR_RETURN(void* staged,
+                      Download(d_ids, num_rows * sizeof(int32_t), "SampleTokens"));
+  std::memcpy(token_ids.data(), staged, num_rows * sizeof(int32_t));
+  return absl::OkStatus();
+}
 
 absl::Status CudaBackend::Attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                                     std::span<const kernels::cpu::AttentionSeq> seqs,

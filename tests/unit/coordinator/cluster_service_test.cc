@@ -3,6 +3,7 @@
 
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace switchyard {
@@ -62,6 +63,24 @@ ModelConfig MoeConfig(int64_t num_experts, int64_t num_layers) {
   config.num_hidden_layers = num_layers;
   config.layer_is_moe.assign(num_layers, true);
   return config;
+}
+
+TEST(ResolveDataPlaneTest, AutoPicksNcclOnlyWhenEveryWorkerIsOnCuda) {
+  EXPECT_EQ(ResolveDataPlane("auto", {"cuda", "cuda"}).value(), "nccl");
+  EXPECT_EQ(ResolveDataPlane("auto", {"cuda", "cpu"}).value(), "gloo");
+  EXPECT_EQ(ResolveDataPlane("auto", {"cpu"}).value(), "gloo");
+  EXPECT_EQ(ResolveDataPlane("gloo", {"cuda", "cuda"}).value(), "gloo");
+  EXPECT_EQ(ResolveDataPlane("nccl", {"cuda", "cuda"}).value(), "nccl");
+  EXPECT_EQ(ResolveDataPlane("auto", {}).value(), "auto");  // nothing to decide on yet
+}
+
+TEST(ResolveDataPlaneTest, NcclWithACpuWorkerAndUnknownNamesAreRefused) {
+  const absl::StatusOr<std::string> mixed = ResolveDataPlane("nccl", {"cuda", "cpu"});
+  EXPECT_EQ(mixed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(mixed.status().message(), "worker 1")) << mixed.status();
+  const absl::StatusOr<std::string> unknown = ResolveDataPlane("mpi", {"cuda"});
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(unknown.status().message(), "'mpi'")) << unknown.status();
 }
 
 TEST(ComputePlacementsTest, ContiguousShards) {

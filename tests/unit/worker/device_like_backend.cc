@@ -1,6 +1,7 @@
 #include "tests/unit/worker/device_like_backend.h"
 
 #include "absl/strings/str_cat.h"
+#include "worker/sampler.h"
 
 namespace switchyard::testing {
 
@@ -135,6 +136,31 @@ absl::Status DeviceLikeBackend::CombineRows(const Tensor& rows, std::span<const 
                                             std::span<const float> weights, int64_t k,
                                             const Tensor& out) {
   return inner_->CombineRows(rows, row_of, weights, k, out);
+}
+
+absl::Status DeviceLikeBackend::SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
+                                             std::span<const DeviceSamplingRow> params,
+                                             std::span<int32_t> token_ids) {
+  if (params.size() != rows.size() || token_ids.size() != rows.size() ||
+      logits.dtype() != DType::kF32 || !Owns(logits.data(), logits.num_bytes())) {
+    return absl::InvalidArgumentError("device-like backend: SampleTokens arguments");
+  }
+  const int64_t vocab = logits.dim(1);
+  Sampler sampler(vocab);
+  std::vector<float> row(vocab);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (absl::Status s = CopyToHost(logits.Rows(rows[i], rows[i] + 1), row); !s.ok()) return s;
+    SamplingParams p;
+    p.temperature = params[i].temperature;
+    p.top_k = params[i].top_k;
+    p.top_p = params[i].top_p;
+    p.min_p = params[i].min_p;
+    p.seed = params[i].seed;
+    p.has_seed = true;
+    token_ids[i] = sampler.Sample(row, p, TokenCounts(), params[i].position).token_id;
+    ++num_rows_sampled_;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status MemoryCheckingCommunicator::Check(const AllToAllVBuffer& buffer, MemorySpace space,

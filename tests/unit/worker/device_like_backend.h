@@ -1,7 +1,8 @@
 // Test doubles for the device paths of the data plane on a machine without a GPU:
 //  - DeviceLikeBackend: a CPU backend that says its tensors are NOT in host memory and remembers
 //    every allocation, so a test can tell "backend memory" from host memory by address; its byte
-//    copies refuse a wrong-side pointer.
+//    copies refuse a wrong-side pointer. It samples "on the device" (SampleTokens) with the host
+//    Sampler, as the CUDA sampler must (same semantics), and counts the rows it sampled.
 //  - MemoryCheckingCommunicator: wraps a host communicator, claims a memory space (host or device)
 //    and fails any AllToAllV whose buffers are on the wrong side of that line (AllToAllVHost must
 //    get host memory). The memory is host memory underneath, so the collectives still work.
@@ -29,6 +30,7 @@ class DeviceLikeBackend final : public Backend {
   bool Owns(const void* data, int64_t num_bytes) const;
   int64_t num_synchronizes() const { return num_synchronizes_.load(); }
   int64_t num_bytes_to_host() const { return num_bytes_to_host_.load(); }
+  int64_t num_rows_sampled() const { return num_rows_sampled_.load(); }
 
   BackendKind kind() const override { return inner_->kind(); }
   std::string_view name() const override { return "device-like"; }
@@ -73,6 +75,10 @@ class DeviceLikeBackend final : public Backend {
                           std::span<const float> row_scale, const Tensor& out) override;
   absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                            std::span<const float> weights, int64_t k, const Tensor& out) override;
+  bool samples_on_device() const override { return true; }
+  absl::Status SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
+                            std::span<const DeviceSamplingRow> params,
+                            std::span<int32_t> token_ids) override;
 
  private:
   // Live allocations, begin -> bytes; shared with the tensors' deleters (which may outlive us).
@@ -84,6 +90,7 @@ class DeviceLikeBackend final : public Backend {
   std::shared_ptr<Registry> registry_ = std::make_shared<Registry>();
   std::atomic<int64_t> num_synchronizes_{0};
   std::atomic<int64_t> num_bytes_to_host_{0};
+  std::atomic<int64_t> num_rows_sampled_{0};
 };
 
 class MemoryCheckingCommunicator final : public Communicator {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/unit/worker/device_like_backend.h"
 #include "tests/unit/worker/ep_engine_test_util.h"
 #include "worker/comm/loopback_communicator.h"
 #include "worker/step_metrics.h"
@@ -106,9 +107,26 @@ class WorkerRuntimeTest : public ::testing::Test {
  protected:
   void SetUp() override {
     model_dir_ = testing::MakeEpTestModel("mixtral");
+    MakeRuntimes(/*device_like=*/false);
+  }
+
+  // Fresh runtimes (and data plane group); with device_like, each runs on a DeviceLikeBackend
+  // (device_backends_[rank] once loaded), so it samples through Backend::SampleTokens and its
+  // expert-parallel exchanges are staged through the host.
+  void MakeRuntimes(bool device_like) {
+    runtimes_.clear();
+    sampled_.clear();
+    device_backends_.assign(kWorldSize, nullptr);
     group_ = LoopbackGroup::Create(kWorldSize);
     for (int rank = 0; rank < kWorldSize; ++rank) {
       WorkerRuntimeOptions options;
+      if (device_like) {
+        options.make_backend = [this, rank]() -> absl::StatusOr<std::unique_ptr<Backend>> {
+          auto backend = std::make_unique<testing::DeviceLikeBackend>();
+          device_backends_[rank] = backend.get();
+          return backend;
+        };
+      }
       options.make_communicator = [group = group_](const v1::LoadRequest& request) {
         CommunicatorOptions comm_options;
         comm_options.timeout = absl::Seconds(20);
@@ -173,6 +191,7 @@ class WorkerRuntimeTest : public ::testing::Test {
   std::vector<std::unique_ptr<WorkerRuntime>> runtimes_;
   std::vector<v1::StepResponse> responses_;
   std::map<int64_t, std::vector<v1::SampledToken>> sampled_;
+  std::vector<testing::DeviceLikeBackend*> device_backends_;  // owned by the runtimes' engines
 };
 
 TEST_F(WorkerRuntimeTest, GreedyTokensMatchTheSingleEngine) {
@@ -360,6 +379,98 @@ TEST_F(WorkerRuntimeTest, DataPlaneAbortFailsTheStepOnEveryRank) {
   // rerun starts at position 0 again -- and fails fast on the broken group, never hangs.
   statuses = Step({PlanBuilder(1).Work(1, 0, {1, 2}, {}, true), PlanBuilder(1)});
   EXPECT_TRUE(IsPeerFailure(statuses[0])) << statuses[0];
+}
+
+}  // namespace
+}  // namespace switchyard
+
+namespace switchyard {
+namespace {
+
+v1::WorkerSampling Seeded(uint64_t seed) {
+  v1::WorkerSampling sampling;
+  sampling.set_temperature(0.9f);
+  sampling.set_top_p(0.95f);
+  sampling.set_top_k(12);
+  sampling.set_min_p(0.01f);
+  sampling.set_repetition_penalty(1.0f);
+  sampling.set_seed(seed);
+  return sampling;
+}
+
+// A backend that samples on its device gets the sequences without penalties or logprobs, and
+// picks the same tokens as the host sampler; the others stay on the host.
+TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
+  v1::WorkerSampling greedy = Greedy();
+  greedy.set_num_logprobs(0);
+  v1::WorkerSampling penalised = Seeded(5);
+  penalised.set_repetition_penalty(1.3f);
+  v1::WorkerSampling with_logprobs = Seeded(9);
+  with_logprobs.set_num_logprobs(1);
+  // seq -> (rank, prompt, sampling)
+  struct Seq {
+    int rank;
+    std::vector<int32_t> prompt;
+    v1::WorkerSampling sampling;
+  };
+  const std::map<int64_t, Seq> seqs = {{1, {0, {3, 14, 15, 9, 26}, Seeded(11)}},
+                                       {2, {1, {27, 18, 28}, greedy}},
+                                       {3, {0, {5, 6, 7}, Seeded(12)}},
+                                       {4, {1, {8, 9, 10, 11}, penalised}},
+                                       {5, {1, {40, 41}, with_logprobs}}};
+  // Returns the tokens per sequence: a prefill step, then 4 decode steps.
+  auto run = [&](bool device_like, bool host_only_seqs) {
+    MakeRuntimes(device_like);
+    LoadAll();
+    std::map<int64_t, int32_t> next_block;
+    std::vector<PlanBuilder> prefill = {PlanBuilder(0), PlanBuilder(0)};
+    for (const auto& [id, seq] : seqs) {
+      if (!host_only_seqs && id >= 4) continue;
+      const int32_t first_block = static_cast<int32_t>(id * 4);
+      prefill[seq.rank]
+          .New(id, static_cast<int64_t>(seq.prompt.size()), {}, {first_block, first_block + 1,
+                                                                  first_block + 2, first_block + 3},
+               seq.sampling)
+          .Work(id, 0, seq.prompt, {}, true);
+    }
+    StepOk(prefill);
+    for (int64_t step = 1; step <= 4; ++step) {
+      std::vector<PlanBuilder> plans = {PlanBuilder(step), PlanBuilder(step)};
+      for (const auto& [id, seq] : seqs) {
+        if (!host_only_seqs && id >= 4) continue;
+        plans[seq.rank].Work(id, static_cast<int64_t>(seq.prompt.size()) + step - 1, {Last(id)},
+                             {}, true);
+      }
+      StepOk(plans);
+    }
+    std::map<int64_t, std::vector<int32_t>> tokens;
+    for (const auto& [id, got] : sampled_) {
+      for (const v1::SampledToken& token : got) tokens[id].push_back(token.token_id());
+    }
+    return tokens;
+  };
+
+  // Only device-sampleable sequences: every row is sampled by the backend.
+  const auto host = run(false, false);
+  const auto device = run(true, false);
+  ASSERT_EQ(host.size(), 3u);
+  EXPECT_EQ(device, host);
+  int64_t rows_on_device = 0;
+  for (const testing::DeviceLikeBackend* backend : device_backends_) {
+    ASSERT_NE(backend, nullptr);
+    rows_on_device += backend->num_rows_sampled();
+  }
+  EXPECT_EQ(rows_on_device, 3 * 5);  // 3 sequences, 5 steps
+
+  // With penalties or logprobs in a step, that rank samples its step on the host: same tokens,
+  // and the logprobs come back.
+  const auto host_mixed = run(false, true);
+  const auto device_mixed = run(true, true);
+  EXPECT_EQ(device_mixed, host_mixed);
+  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 0);  // rank 1 always has seq 4 and 5
+  EXPECT_EQ(device_backends_[0]->num_rows_sampled(), 2 * 5);
+  ASSERT_EQ(sampled_[5].size(), 5u);
+  EXPECT_LT(sampled_[5][0].logprob(), 0.0f);
 }
 
 }  // namespace
