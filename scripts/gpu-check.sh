@@ -14,7 +14,8 @@
 #   2. On the GPU machine, through the device tool (one call; about 5 minutes on an H100):
 #        run(command="bash scripts/gpu-check.sh run", carry=["build-cuda/gpu-bundle"],
 #            timeout_s=600)
-#      runs kernels_cuda_test, cuda_engine_test, moe-layer-bench, bench/gpu/moe_layer_torch.py and,
+#      runs the gpu tests (kernels_cuda_test, grouped_linear_gpu_test, cuda_engine_test,
+#      cuda_ep_gpu_test, nccl_communicator_test), moe-layer-bench, bench/gpu/moe_layer_torch.py and,
 #      last, kernels_cuda_test under compute-sanitizer memcheck, writing all output under $OUT (or
 #      ./gpu-check-out): env.txt (nvidia-smi, library paths,
 #      ldd), tests.log, moe_layer_bench.log, moe_layer.csv, moe_layer_torch.log,
@@ -29,7 +30,9 @@ build_dir=${BUILD_DIR:-$repo/build-cuda}
 carried=$build_dir/gpu-bundle              # what the device tool carries: bundle.tar.xz
 staging=$build_dir/gpu-bundle-staging     # the unpacked bundle, on the build machine
 bundle=${GPU_BUNDLE_DIR:-/tmp/sy-gpu-bundle}  # where it is unpacked on the GPU machine
-binaries=(tests/kernels_cuda_test tests/cuda_engine_test bin/moe-layer-bench)
+gpu_tests=(kernels_cuda_test grouped_linear_gpu_test cuda_engine_test cuda_ep_gpu_test
+           nccl_communicator_test)
+binaries=("${gpu_tests[@]/#/tests/}" bin/moe-layer-bench)
 
 # Libraries the GPU machine provides itself (or must: the driver).
 system_lib_pattern='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libcudart\.so|libcublas\.so|libcublasLt\.so|libnccl\.so)'
@@ -39,7 +42,7 @@ make_bundle() {
   if [[ ! -f $build_dir/CMakeCache.txt ]]; then
     cmake -S "$repo" -B "$build_dir" -G Ninja -DSWITCHYARD_WITH_CUDA=ON
   fi
-  cmake --build "$build_dir" --target kernels_cuda_test cuda_engine_test moe-layer-bench -j"${JOBS:-2}"
+  cmake --build "$build_dir" --target "${gpu_tests[@]}" moe-layer-bench -j"${JOBS:-2}"
   local bundle=$staging
   rm -rf "$bundle" "$carried"
   mkdir -p "$bundle/bin" "$bundle/lib" "$carried"
@@ -70,7 +73,9 @@ cuda_lib_dirs() {
   local site
   site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null || true)
   [[ -n $site ]] && roots+=("$site/nvidia")
-  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
+  # NCCL (218 MB here, over the carry limit) comes from the machine too: its toolkit or torch's
+  # nvidia-nccl wheel; the ABI of NCCL 2.x is stable.
+  for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
     find "${roots[@]}" -maxdepth 4 -name "$lib*" 2>/dev/null | head -1 | xargs -r dirname
   done | sort -u | paste -sd: -
 }
@@ -103,7 +108,7 @@ run_checks() {
     status=1
   fi
   : > "$out/tests.log"
-  for t in kernels_cuda_test grouped_linear_gpu_test cuda_engine_test; do
+  for t in "${gpu_tests[@]}"; do
     echo "== $t" >> "$out/tests.log"
     timeout 100 "$bundle/bin/$t" --gtest_color=no >> "$out/tests.log" 2>&1
     local rc=$?

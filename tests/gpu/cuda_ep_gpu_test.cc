@@ -1,0 +1,124 @@
+// The worker's GPU paths beyond single ops: sampling on the device through Backend::SampleTokens
+// against the host Sampler, and expert parallelism with CUDA backends (rows in bf16 device memory,
+// exchanges staged through the host over a host communicator) against the single-process CUDA
+// engine. Ranks are threads sharing the one GPU, each with its own backend and stream.
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/gpu/gpu_test_util.h"
+#include "tests/unit/worker/comm/comm_test_util.h"
+#include "tests/unit/worker/ep_engine_test_util.h"
+#include "worker/backend/cuda_backend.h"
+#include "worker/ep_moe_executor.h"
+#include "worker/sampler.h"
+
+namespace switchyard {
+namespace {
+
+TEST(CudaSampleTokensTest, PicksTheHostSamplersTokens) {
+  SY_SKIP_WITHOUT_GPU();
+  auto backend = MakeCudaBackend();
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  const int64_t num_rows = 24, vocab = 1000;
+  const std::vector<float> host_logits = testing::RandomNormal(num_rows * vocab, 5, 3.0f);
+  absl::StatusOr<Tensor> logits = (*backend)->Empty(DType::kF32, {num_rows, vocab});
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_TRUE((*backend)->CopyFromHost(host_logits, *logits).ok());
+  // Every other row, with the filters in turn; the first rows greedy.
+  std::vector<int64_t> rows;
+  std::vector<DeviceSamplingRow> params;
+  for (int64_t r = 1; r < num_rows; r += 2) {
+    DeviceSamplingRow p;
+    p.temperature = r < 5 ? 0.0f : 0.5f + 0.1f * static_cast<float>(r % 7);
+    p.top_k = r % 3 == 0 ? 20 : 0;
+    p.top_p = r % 4 == 1 ? 0.8f : 1.0f;
+    p.min_p = r % 5 == 2 ? 0.05f : 0.0f;
+    p.seed = 1000 + r;
+    p.position = 17 + r;
+    rows.push_back(r);
+    params.push_back(p);
+  }
+  std::vector<int32_t> got(rows.size());
+  ASSERT_TRUE((*backend)->SampleTokens(*logits, rows, params, got).ok());
+  Sampler sampler(vocab);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::vector<float> row(host_logits.begin() + rows[i] * vocab,
+                           host_logits.begin() + (rows[i] + 1) * vocab);
+    SamplingParams p;
+    p.temperature = params[i].temperature;
+    p.top_k = params[i].top_k;
+    p.top_p = params[i].top_p;
+    p.min_p = params[i].min_p;
+    p.seed = params[i].seed;
+    const int32_t want = sampler.Sample(row, p, TokenCounts(), params[i].position).token_id;
+    EXPECT_EQ(got[i], want) << "row " << rows[i];
+  }
+  // All greedy takes the argmax kernel.
+  for (DeviceSamplingRow& p : params) p.temperature = 0.0f;
+  ASSERT_TRUE((*backend)->SampleTokens(*logits, rows, params, got).ok());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const float* row = host_logits.data() + rows[i] * vocab;
+    EXPECT_EQ(got[i], std::max_element(row, row + vocab) - row) << "row " << rows[i];
+  }
+}
+
+class CudaExpertParallelTest
+    : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
+
+// bf16 on both sides; the expert GEMMs run on other row counts (and cuBLAS may pick other
+// algorithms), so logits agree to bf16 rounding carried through the layers, not bit for bit.
+TEST_P(CudaExpertParallelTest, StagedRanksMatchTheSingleProcessCudaEngine) {
+  SY_SKIP_WITHOUT_GPU();
+  const auto& [family, world_size] = GetParam();
+  const std::filesystem::path dir = testing::MakeEpTestModel(family);
+  auto cuda = MakeCudaBackend();
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  auto reference = testing::LoadEpTestEngine(dir, {}, std::move(cuda).value());
+  ASSERT_TRUE(reference.ok()) << reference.status();
+  const ModelConfig config = (*reference)->config();
+  const std::vector<testing::SeqPlan> plan = testing::MakePlan(world_size, config.vocab_size);
+  auto expected = testing::RunPlanSingleProcess(**reference, plan);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  auto placements = ContiguousPlacements(config, world_size);
+  ASSERT_TRUE(placements.ok()) << placements.status();
+  CommunicatorOptions options;
+  options.timeout = absl::Seconds(60);
+  std::vector<testing::SeqLogits> logits(world_size, testing::SeqLogits(plan.size()));
+  const auto statuses = testing::RunLoopbackRanks(
+      world_size, options, [&](Communicator& comm) -> absl::Status {
+        const int rank = comm.rank();
+        auto backend = MakeCudaBackend();
+        if (!backend.ok()) return backend.status();
+        auto engine = testing::LoadEpTestEngine(
+            dir, ShardLoadPredicate(config, *placements, rank), std::move(backend).value());
+        if (!engine.ok()) return engine.status();
+        auto executor = InstallExpertParallel(**engine, comm, *placements);
+        if (!executor.ok()) return executor.status();
+        return testing::RunPlanOnRank(**engine, plan, rank, &logits[rank]);
+      });
+  for (int rank = 0; rank < world_size; ++rank) {
+    ASSERT_TRUE(statuses[rank].ok()) << "rank " << rank << ": " << statuses[rank];
+  }
+  for (size_t s = 0; s < plan.size(); ++s) {
+    const std::vector<float>& got = logits[plan[s].rank][s];
+    ASSERT_EQ(got.size(), (*expected)[s].size()) << "sequence " << s;
+    EXPECT_TRUE(testing::AllFinite(got)) << "sequence " << s;
+    EXPECT_LT(testing::RelError(got, (*expected)[s]), 3e-2) << "sequence " << s;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(FamiliesAndRanks, CudaExpertParallelTest,
+                         ::testing::Combine(::testing::Values("qwen3_moe", "llama4", "mixtral"),
+                                            ::testing::Values(2, 3)),
+                         [](const auto& info) {
+                           return std::get<0>(info.param) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "ranks";
+                         });
+
+}  // namespace
+}  // namespace switchyard
