@@ -458,13 +458,20 @@ absl::Status MoeDispatcher::Run(const LayerPlacement& placement, const Tensor& x
                                 std::span<const float> topk_weights, int64_t k,
                                 const GroupedExpertFn& experts, const Tensor& out,
                                 DispatchStats* stats) {
-  absl::Status valid = Validate(placement, x, topk_ids, topk_weights, k, out);
-  if (valid.ok()) {
-    absl::StatusOr<ExchangePath> path = ChooseExchangePath(*backend_, *comm_);
-    if (path.ok()) path_ = *path;
-    valid = path.status();
-  }
-  if (!valid.ok()) return AbortWith(valid);
+  // Any failure leaves the peers inside this layer's collectives: abort the group so that they fail
+  // now rather than at their deadline (the communicator's own errors have aborted it already).
+  absl::Status status = RunSteps(placement, x, topk_ids, topk_weights, k, experts, out, stats);
+  if (!status.ok()) return AbortWith(std::move(status));
+  return absl::OkStatus();
+}
+
+absl::Status MoeDispatcher::RunSteps(const LayerPlacement& placement, const Tensor& x,
+                                     std::span<const int32_t> topk_ids,
+                                     std::span<const float> topk_weights, int64_t k,
+                                     const GroupedExpertFn& experts, const Tensor& out,
+                                     DispatchStats* stats) {
+  SY_RETURN_IF_ERROR(Validate(placement, x, topk_ids, topk_weights, k, out));
+  SY_ASSIGN_OR_RETURN(path_, ChooseExchangePath(*backend_, *comm_));
   const int32_t world_size = comm_->world_size(), me = comm_->rank();
   const int64_t num_tokens = x.dim(0);
   dtype_ = x.dtype();
@@ -474,10 +481,8 @@ absl::Status MoeDispatcher::Run(const LayerPlacement& placement, const Tensor& x
   Route(placement, num_tokens, k, topk_ids.data(), topk_weights.data());
   SY_RETURN_IF_ERROR(ExchangeCounts(placement));
   SY_RETURN_IF_ERROR(ExchangeRows(x));
-  // Local failures from here on leave the peers inside this layer's collectives: abort the group.
-  absl::Status expanded = ReadEntries();
-  if (expanded.ok()) expanded = Expand();
-  if (!expanded.ok()) return AbortWith(expanded);
+  SY_RETURN_IF_ERROR(ReadEntries());
+  SY_RETURN_IF_ERROR(Expand());
   const absl::Time dispatched = absl::Now();
   // One buffer for the expert output and the results coming back (see ReturnRows).
   const int64_t num_expert_rows = expert_offsets_[my_num_slots_];
@@ -487,23 +492,19 @@ absl::Status MoeDispatcher::Run(const LayerPlacement& placement, const Tensor& x
     result_rows += static_cast<int64_t>(options_.sum_per_rank ? token_rows_to_[peer].size()
                                                               : entries_to_[peer].size());
   }
-  absl::StatusOr<Tensor> results = RowBuffer(kResults, num_expert_rows + result_rows);
-  if (!results.ok()) return AbortWith(results.status());
-  results_ = *std::move(results);
+  SY_ASSIGN_OR_RETURN(results_, RowBuffer(kResults, num_expert_rows + result_rows));
   absl::Status expert_status =
       experts(expert_in_, expert_offsets_, results_.Rows(0, num_expert_rows));
   // On a device the experts were only queued: wait, so that expert_time is the compute (the
   // return exchange needs the rows complete anyway).
   if (expert_status.ok() && !backend_->host_memory()) expert_status = backend_->Synchronize();
   if (!expert_status.ok()) {
-    return AbortWith(absl::Status(
-        expert_status.code(),
-        absl::StrCat("moe experts on rank ", me, ": ", expert_status.message())));
+    return absl::Status(expert_status.code(), absl::StrCat("moe experts on rank ", me, ": ",
+                                                           expert_status.message()));
   }
   const absl::Time computed = absl::Now();
   SY_RETURN_IF_ERROR(ReturnRows(k));
-  absl::Status combined = Combine(num_tokens, k, topk_weights.data(), out);
-  if (!combined.ok()) return AbortWith(combined);
+  SY_RETURN_IF_ERROR(Combine(num_tokens, k, topk_weights.data(), out));
   if (stats != nullptr) {
     FillStats(stats);
     stats->dispatch_time = dispatched - start;

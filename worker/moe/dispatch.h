@@ -136,6 +136,11 @@ class MoeDispatcher {
   };
 
  private:
+  // Run without the abort on failure.
+  absl::Status RunSteps(const LayerPlacement& placement, const Tensor& x,
+                        std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
+                        int64_t k, const GroupedExpertFn& experts, const Tensor& out,
+                        DispatchStats* stats);
   absl::Status Validate(const LayerPlacement& placement, const Tensor& x,
                         std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
                         int64_t k, const Tensor& out) const;
