@@ -5,6 +5,8 @@
 // relative (bf16 activations through every layer), and greedy tokens equal wherever the CPU's top
 // two logits are at least kMargin apart (where they are closer, bf16 rounding may legitimately
 // swap them). Decoding is teacher-forced with the CPU's tokens so both engines see the same inputs.
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <random>
@@ -79,7 +81,8 @@ TEST(CudaBackendTest, OpsThroughTheSeamMatchTheCpuBackend) {
 
 std::filesystem::path MakeBf16Model(const std::string& family) {
   const std::filesystem::path dir =
-      std::filesystem::path(::testing::TempDir()) / ("cuda_engine_test_" + family);
+      std::filesystem::path(::testing::TempDir()) /
+      ("cuda_engine_test_" + std::to_string(getpid()) + "_" + family);
   MakeModelOptions options;
   options.family = family;
   options.out_dir = dir;

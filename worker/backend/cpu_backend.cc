@@ -188,7 +188,11 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < src_rows.size(); ++i) {
       const float* src = F(x) + static_cast<int64_t>(src_rows[i]) * cols;
       float* dst = F(out) + i * cols;
-      const float s = row_scale.empty() ? 1.0f : row_scale[i];
+      if (row_scale.empty()) {
+        std::memcpy(dst, src, cols * sizeof(float));
+        continue;
+      }
+      const float s = row_scale[i];
       for (int64_t c = 0; c < cols; ++c) dst[c] = src[c] * s;
     }
     return absl::OkStatus();
@@ -197,16 +201,22 @@ class CpuBackend final : public Backend {
   absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                            std::span<const float> weights, int64_t k, const Tensor& out) override {
     const int64_t cols = Cols(out), num_tokens = Rows(out);
-    std::memset(out.data(), 0, out.num_bytes());
     for (int64_t t = 0; t < num_tokens; ++t) {
       float* dst = F(out) + t * cols;
+      bool first = true;  // accumulated from zero: the first term is 0 + w * src
       for (int64_t j = 0; j < k; ++j) {
         const int32_t r = row_of[t * k + j];
         if (r < 0) continue;
         const float* src = F(rows) + static_cast<int64_t>(r) * cols;
         const float w = weights[t * k + j];
-        for (int64_t c = 0; c < cols; ++c) dst[c] += w * src[c];
+        if (first) {
+          for (int64_t c = 0; c < cols; ++c) dst[c] = 0.0f + w * src[c];
+          first = false;
+        } else {
+          for (int64_t c = 0; c < cols; ++c) dst[c] += w * src[c];
+        }
       }
+      if (first) std::memset(dst, 0, cols * sizeof(float));
     }
     return absl::OkStatus();
   }

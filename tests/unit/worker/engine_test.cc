@@ -2,6 +2,8 @@
 // forward calls (one prefill, chunked prefill, token-by-token decode) and whatever else shares the
 // batch; bad batches are rejected before any state changes; a worker can load a subset of experts.
 // (Agreement with an independent reference of each family is tests/golden.)
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <numeric>
@@ -17,7 +19,9 @@ namespace switchyard {
 namespace {
 
 std::filesystem::path MakeTestModel(const std::string& family, uint64_t seed = 3) {
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / ("engine_test_" + family);
+  // Per process: ctest runs the cases of one binary as concurrent processes.
+  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
+                              ("engine_test_" + std::to_string(getpid()) + "_" + family);
   MakeModelOptions options;
   options.family = family;
   options.out_dir = dir;
