@@ -1,9 +1,14 @@
-// Single-process CPU engine throughput: prefill and decode tokens/s on a documented MoE model size,
-// with the GEMM rate the forward pass reached printed beside OpenBLAS's own sgemm rate measured in
-// the same run (the bound).
+// Single-process engine throughput: prefill and decode tokens/s on a documented MoE model size. On
+// the CPU backend the GEMM rate the forward pass reached is printed beside OpenBLAS's own sgemm rate
+// measured in the same run (the bound); on CUDA (bf16) the card's bounds come from moe-layer-bench.
+// Decode generates: each step's tokens are the greedy picks of the step before, sampled where the
+// worker would sample them (on the device when the backend can).
 //
-//   build/bin/bench-engine [--layers N --hidden H --experts E --top-k K --moe-inter I
-//                           --prompt-tokens P --decode-tokens D --decode-batch B]
+//   build/bin/bench-engine [--backend cpu|cuda|auto] [--demo 1] [--layers N --hidden H
+//                           --experts E --top-k K --moe-inter I --prompt-tokens P
+//                           --decode-tokens D --decode-batch B]
+// --demo 1: the demo model's shape (scripts/demo.sh: Qwen3-MoE, 4 layers, hidden 64, 8 experts).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -11,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "kernels/cpu/gemm.h"
 #include "tools/model_maker.h"
@@ -22,10 +28,43 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct BenchOptions {
+  std::string backend = "cpu";
   int64_t layers = 4, hidden = 1024, heads = 16, kv_heads = 4, head_dim = 64;
   int64_t experts = 16, top_k = 2, moe_inter = 512, vocab = 4096;
   int64_t prompt_tokens = 512, decode_tokens = 32, decode_batch = 16;
+
+  // The demo checkpoint's shape (MakeModelOptions' defaults for qwen3_moe).
+  void SetDemoShape() {
+    const MakeModelOptions demo;
+    layers = demo.num_layers;
+    hidden = demo.hidden_size;
+    heads = demo.num_heads;
+    kv_heads = demo.num_kv_heads;
+    head_dim = 32;  // Qwen3-MoE's default in the maker
+    experts = demo.num_experts;
+    top_k = 2;
+    moe_inter = demo.moe_intermediate_size;
+    vocab = demo.vocab_size;
+  }
 };
+
+// The greedy next token of every entry of `out` (its last row): on the device when the backend
+// samples there (then `out` holds device logits only), else from the host logits.
+absl::Status GreedyNext(Engine& engine, const ForwardOutput& out, std::vector<int32_t>* next) {
+  const int64_t n = static_cast<int64_t>(out.first_row.size());
+  next->resize(n);
+  if (engine.backend().samples_on_device()) {
+    std::vector<int64_t> rows(out.first_row.begin(), out.first_row.end());
+    std::vector<DeviceSamplingRow> params(n);
+    for (DeviceSamplingRow& p : params) p.temperature = 0.0f;
+    return engine.backend().SampleTokens(out.device_logits, rows, params, *next);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = out.logits.data() + out.first_row[i] * out.vocab_size;
+    (*next)[i] = static_cast<int32_t>(std::max_element(row, row + out.vocab_size) - row);
+  }
+  return absl::OkStatus();
+}
 
 double Seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -74,7 +113,13 @@ int Run(const BenchOptions& o) {
   EngineOptions options;
   options.block_size = 16;
   options.kv_cache_bytes = 1ll << 30;
-  auto engine_or = Engine::Load(dir, MakeCpuBackend(), options);
+  auto backend = MakeBackend(o.backend);
+  if (!backend.ok()) {
+    std::fprintf(stderr, "bench-engine: --backend %s: %s\n", o.backend.c_str(),
+                 backend.status().ToString().c_str());
+    return 1;
+  }
+  auto engine_or = Engine::Load(dir, std::move(backend).value(), options);
   if (!engine_or.ok()) {
     std::fprintf(stderr, "bench-engine: %s\n", engine_or.status().ToString().c_str());
     return 1;
@@ -85,14 +130,18 @@ int Run(const BenchOptions& o) {
   std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
   const int64_t blocks_per_seq = (o.prompt_tokens + o.decode_tokens + 15) / 16;
 
+  const bool on_cpu = engine.backend().kind() == BackendKind::kCpu;
+  std::printf("backend: %s (%s weights and activations)\n", std::string(engine.backend().name()).c_str(),
+              std::string(DTypeName(engine.backend().activation_dtype())).c_str());
   std::printf("model: qwen3_moe-shaped, %lld layers, hidden %lld, %lld heads (%lld kv) x %lld, "
-              "%lld experts top-%lld of width %lld, vocab %lld, fp32 weights (%.1f MB)\n",
+              "%lld experts top-%lld of width %lld, vocab %lld, weights %.1f MB\n",
               (long long)c.num_hidden_layers, (long long)c.hidden_size,
               (long long)c.num_attention_heads, (long long)c.num_key_value_heads,
               (long long)c.head_dim, (long long)c.num_experts, (long long)c.num_experts_per_tok,
               (long long)c.moe_intermediate_size, (long long)c.vocab_size,
               engine.weight_bytes_loaded() / 1e6);
-  std::printf("OpenBLAS core: %s\n\n", kernels::cpu::BlasCoreName());
+  if (on_cpu) std::printf("OpenBLAS core: %s\n", kernels::cpu::BlasCoreName());
+  std::printf("\n");
 
   // Prefill: one sequence of prompt_tokens, as one chunk.
   std::vector<int32_t> prompt(o.prompt_tokens);
@@ -122,29 +171,45 @@ int Run(const BenchOptions& o) {
   }
   std::vector<BatchEntry> step(batch);
   std::vector<int32_t> next(batch);
+  for (int64_t s = 0; s < batch; ++s) next[s] = token(rng);
+  // Where the worker would sample: logits stay on a device that samples.
+  const ForwardOptions forward_options{.logits_to_host = !engine.backend().samples_on_device()};
   start = Clock::now();
   for (int64_t d = 0; d < o.decode_tokens; ++d) {
     for (int64_t s = 0; s < batch; ++s) {
-      next[s] = token(rng);
       step[s] = BatchEntry{std::span<const int32_t>(&next[s], 1), ctx + d, seq_blocks[s], false};
     }
-    (void)engine.Forward(step, &out);
+    if (absl::Status st = engine.Forward(step, &out, forward_options); !st.ok()) {
+      std::fprintf(stderr, "bench-engine: decode: %s\n", st.ToString().c_str());
+      return 1;
+    }
+    if (absl::Status st = GreedyNext(engine, out, &next); !st.ok()) {
+      std::fprintf(stderr, "bench-engine: sampling: %s\n", st.ToString().c_str());
+      return 1;
+    }
   }
   const double decode_s = Seconds(start);
   const double decode_tps = batch * o.decode_tokens / decode_s;
   const double decode_flops = GemmFlops(c, batch, batch) * o.decode_tokens / decode_s;
 
-  const double bound_square = SgemmRate(1024, 1024, 1024);
-  const double bound_expert = SgemmRate(o.prompt_tokens * o.top_k / o.experts, o.moe_inter, o.hidden);
   std::printf("%-34s %14s %18s\n", "phase", "tokens/s", "GEMM GFLOP/s");
   std::printf("%-34s %14.1f %18.1f\n", ("prefill (" + std::to_string(o.prompt_tokens) + " tokens)").c_str(),
               o.prompt_tokens / prefill_s, prefill_flops / 1e9);
   std::printf("%-34s %14.1f %18.1f\n", ("decode (batch " + std::to_string(batch) + ", ctx 64)").c_str(),
               decode_tps, decode_flops / 1e9);
-  std::printf("\nbound: OpenBLAS sgemm 1024^3 %.1f GFLOP/s; expert-shaped sgemm %.1f GFLOP/s\n",
-              bound_square / 1e9, bound_expert / 1e9);
-  std::printf("prefill reaches %.0f%% of the square sgemm rate; decode %.0f%%\n",
-              100 * prefill_flops / bound_square, 100 * decode_flops / bound_square);
+  std::printf("decode step (forward + greedy sampling): %.3f ms\n", 1e3 * decode_s / o.decode_tokens);
+  if (on_cpu) {
+    const double bound_square = SgemmRate(1024, 1024, 1024);
+    const double bound_expert =
+        SgemmRate(o.prompt_tokens * o.top_k / o.experts, o.moe_inter, o.hidden);
+    std::printf("\nbound: OpenBLAS sgemm 1024^3 %.1f GFLOP/s; expert-shaped sgemm %.1f GFLOP/s\n",
+                bound_square / 1e9, bound_expert / 1e9);
+    std::printf("prefill reaches %.0f%% of the square sgemm rate; decode %.0f%%\n",
+                100 * prefill_flops / bound_square, 100 * decode_flops / bound_square);
+  } else {
+    std::printf("\nbounds: the card's bf16 GEMM rate and copy bandwidth are measured by "
+                "moe-layer-bench in the same GPU run\n");
+  }
   std::filesystem::remove_all(dir);
   return 0;
 }
@@ -156,12 +221,18 @@ int main(int argc, char** argv) {
   switchyard::BenchOptions o;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
+    if (flag == "--backend") {
+      o.backend = argv[i + 1];
+      continue;
+    }
     int64_t value = 0;
     if (!absl::SimpleAtoi(argv[i + 1], &value)) {
       std::fprintf(stderr, "bench-engine: %s expects an integer, found '%s'\n", argv[i], argv[i + 1]);
       return 2;
     }
-    if (flag == "--layers") o.layers = value;
+    if (flag == "--demo") {
+      if (value != 0) o.SetDemoShape();
+    } else if (flag == "--layers") o.layers = value;
     else if (flag == "--hidden") o.hidden = value;
     else if (flag == "--experts") o.experts = value;
     else if (flag == "--top-k") o.top_k = value;

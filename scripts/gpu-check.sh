@@ -18,8 +18,9 @@
 #      cuda_ep_gpu_test, nccl_communicator_test), moe-layer-bench, bench/gpu/moe_layer_torch.py and,
 #      last, kernels_cuda_test under compute-sanitizer memcheck, writing all output under $OUT (or
 #      ./gpu-check-out): env.txt (nvidia-smi, library paths,
-#      ldd), tests.log, moe_layer_bench.log, moe_layer.csv, moe_layer_torch.log,
-#      moe_layer_torch.csv, summary.txt -- seven files, inside the tool's limit of eight.
+#      ldd), tests.log, moe_layer_bench.log, moe_layer.csv, engine_bench.log (bench-engine on
+#      the demo model and the default shape), moe_layer_torch.log, moe_layer_torch.csv,
+#      summary.txt -- eight files, the tool's limit.
 #      `run --quick` cuts the benchmark repetitions (for a rerun when time is short).
 #
 # Every step has its own timeout, so a hung kernel costs minutes, not the whole lease.
@@ -32,7 +33,7 @@ staging=$build_dir/gpu-bundle-staging     # the unpacked bundle, on the build ma
 bundle=${GPU_BUNDLE_DIR:-/tmp/sy-gpu-bundle}  # where it is unpacked on the GPU machine
 gpu_tests=(kernels_cuda_test grouped_linear_gpu_test cuda_engine_test cuda_ep_gpu_test
            nccl_communicator_test)
-binaries=("${gpu_tests[@]/#/tests/}" bin/moe-layer-bench)
+binaries=("${gpu_tests[@]/#/tests/}" bin/moe-layer-bench bin/bench-engine)
 
 # Libraries the GPU machine provides itself (or must: the driver).
 system_lib_pattern='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\.so|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libcudart\.so|libcublas\.so|libcublasLt\.so|libnccl\.so)'
@@ -42,7 +43,7 @@ make_bundle() {
   if [[ ! -f $build_dir/CMakeCache.txt ]]; then
     cmake -S "$repo" -B "$build_dir" -G Ninja -DSWITCHYARD_WITH_CUDA=ON
   fi
-  cmake --build "$build_dir" --target "${gpu_tests[@]}" moe-layer-bench -j"${JOBS:-2}"
+  cmake --build "$build_dir" --target "${gpu_tests[@]}" moe-layer-bench bench-engine -j"${JOBS:-2}"
   local bundle=$staging
   rm -rf "$bundle" "$carried"
   mkdir -p "$bundle/bin" "$bundle/lib" "$carried"
@@ -125,6 +126,17 @@ run_checks() {
   local rc=$?
   summary+=("moe-layer-bench: exit $rc")
   ((rc == 0)) || status=1
+  # The whole engine on the GPU: the demo model (launch-bound) and the bench's default shape;
+  # decode includes greedy sampling on the device.
+  : > "$out/engine_bench.log"
+  for shape in "--demo 1" ""; do
+    echo "== bench-engine --backend cuda $shape" >> "$out/engine_bench.log"
+    # shellcheck disable=SC2086
+    timeout 90 "$bundle/bin/bench-engine" --backend cuda $shape >> "$out/engine_bench.log" 2>&1
+    rc=$?
+    summary+=("bench-engine ${shape:-default shape}: exit $rc")
+    ((rc == 0)) || status=1
+  done
   local torch_args=(--ours "$out/moe_layer.csv" --out "$out/moe_layer_torch.csv")
   [[ $quick == --quick ]] && torch_args+=(--quick)
   PYTHONUNBUFFERED=1 timeout 130 python3 "$bundle/bin/moe_layer_torch.py" "${torch_args[@]}" \
@@ -151,6 +163,8 @@ run_checks() {
     grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$out/tests.log" || true
     echo
     cat "$out/moe_layer_bench.log"
+    echo
+    cat "$out/engine_bench.log"
     echo
     cat "$out/moe_layer_torch.log"
   } > "$out/summary.txt"
