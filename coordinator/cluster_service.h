@@ -27,6 +27,9 @@
 
 namespace switchyard {
 
+// The default bound on any one data-plane collective, in milliseconds (LoadRequest.comm_timeout_ms).
+inline constexpr uint32_t kDefaultCommTimeoutMs = 60000;
+
 struct ClusterOptions {
   int32_t num_workers = 1;
   std::string model_dir;  // sent to the workers in LoadRequest.model_dir
@@ -37,7 +40,7 @@ struct ClusterOptions {
   // "gloo", "nccl", or "auto": nccl when every worker registered with the cuda backend, gloo
   // otherwise (ResolveDataPlane).
   std::string data_plane = "auto";
-  uint32_t comm_timeout_ms = 30000;
+  uint32_t comm_timeout_ms = kDefaultCommTimeoutMs;
   absl::Duration load_timeout = absl::Minutes(10);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
 };

@@ -127,6 +127,7 @@ absl::Status CoordinatorImpl::Init() {
   cluster_options.redundant_experts = options_.redundant_experts;
   cluster_options.block_size = options_.block_size;
   cluster_options.comm_timeout_ms = options_.comm_timeout_ms;
+  cluster_options.kv_cache_bytes = options_.kv_cache_bytes;
   cluster_options.data_plane = options_.data_plane;
   cluster_options.load_timeout = options_.load_timeout;
   cluster_options.heartbeat_timeout = options_.heartbeat_timeout;

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "coordinator/cluster_service.h"
 
 namespace switchyard {
 
@@ -33,7 +34,8 @@ struct CoordinatorOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   absl::Duration step_timeout = absl::Seconds(120);
   absl::Duration load_timeout = absl::Minutes(30);
-  uint32_t comm_timeout_ms = 60000;
+  uint32_t comm_timeout_ms = kDefaultCommTimeoutMs;  // any one data-plane collective
+  uint64_t kv_cache_bytes = 0;  // per worker; 0: each worker's own --kv_cache_mb or default
   std::string data_plane = "auto";  // auto, gloo or nccl (ClusterOptions::data_plane)
 };
 

@@ -30,6 +30,9 @@ ABSL_FLAG(double, drain_timeout_s, 30, "on SIGTERM, seconds to let live requests
 ABSL_FLAG(double, heartbeat_timeout_s, 10, "a worker silent this long is declared lost");
 ABSL_FLAG(double, step_timeout_s, 120, "a step that takes longer fails");
 ABSL_FLAG(double, load_timeout_s, 1800, "workers must load within this many seconds");
+ABSL_FLAG(double, comm_timeout_s, 60, "any one data-plane collective fails after this many seconds");
+ABSL_FLAG(int64_t, kv_cache_mb, 0,
+          "KV-cache budget per worker in MiB (0: each worker's --kv_cache_mb or its default)");
 ABSL_FLAG(std::string, data_plane, "auto",
           "expert-parallel transport: gloo (TCP), nccl (GPUs), or auto (nccl when every worker "
           "runs on cuda)");
@@ -68,6 +71,18 @@ int main(int argc, char** argv) {
   options.step_timeout = absl::Seconds(absl::GetFlag(FLAGS_step_timeout_s));
   options.load_timeout = absl::Seconds(absl::GetFlag(FLAGS_load_timeout_s));
   options.data_plane = absl::GetFlag(FLAGS_data_plane);
+  const double comm_timeout_s = absl::GetFlag(FLAGS_comm_timeout_s);
+  if (!(comm_timeout_s > 0 && comm_timeout_s <= 3600)) {
+    SY_LOG_ERROR("--comm_timeout_s: expected (0, 3600], found {}", comm_timeout_s);
+    return 2;
+  }
+  options.comm_timeout_ms = static_cast<uint32_t>(comm_timeout_s * 1000);
+  const int64_t kv_cache_mb = absl::GetFlag(FLAGS_kv_cache_mb);
+  if (kv_cache_mb < 0) {
+    SY_LOG_ERROR("--kv_cache_mb: expected >= 0, found {}", kv_cache_mb);
+    return 2;
+  }
+  options.kv_cache_bytes = static_cast<uint64_t>(kv_cache_mb) << 20;
   if (auto plane = switchyard::ResolveDataPlane(options.data_plane, {}); !plane.ok()) {
     SY_LOG_ERROR("--data_plane: {}", plane.status().ToString());
     return 2;

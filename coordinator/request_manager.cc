@@ -112,12 +112,12 @@ void RequestManager::Loop() {
   while (WaitForWork()) {
     TakeIntake();
     HandleControl();
-    if (scheduler_->num_live_requests() > 0) {
-      RunStep();
-    } else {
-      observer_->OnStep(scheduler_->GetStats(), 0, std::nullopt);  // e.g. the last one aborted
-    }
-    PublishSnapshot();
+    // No live request (e.g. the last one aborted): the gauges still update.
+    const StepSummary step = scheduler_->num_live_requests() > 0 ? RunStep() : StepSummary{};
+    const SchedulerStats stats = scheduler_->GetStats();
+    observer_->OnStep(stats, step.num_tokens, step.balancedness);
+    PublishSnapshot(stats);
+    if (step.stalled) WaitWhileStalled();
   }
   absl::Status status;
   {
@@ -126,7 +126,7 @@ void RequestManager::Loop() {
   }
   TakeIntake();
   FailAllActive(status);
-  PublishSnapshot();
+  PublishSnapshot(scheduler_->GetStats());
 }
 
 // Sleeps until there is something to do. Returns false when the loop must stop.
@@ -197,13 +197,13 @@ void RequestManager::HandleControl() {
   if (fail_all.has_value()) FailAllActive(*fail_all);
 }
 
-void RequestManager::RunStep() {
+RequestManager::StepSummary RequestManager::RunStep() {
   outputs_.clear();
   absl::Status status = scheduler_->Schedule(absl::Now(), &plan_, &outputs_);
   if (!status.ok()) {
     SY_LOG_ERROR("Schedule failed: {}", status.ToString());
     FailAllActive(absl::InternalError(absl::StrCat("scheduler: ", status.message())));
-    return;
+    return {};
   }
   MarkScheduled();
   bool all_empty = true;
@@ -224,7 +224,7 @@ void RequestManager::RunStep() {
       if (fail_all_.has_value()) why = *fail_all_;  // the step was cancelled for this reason
     }
     FailAllActive(why);
-    return;
+    return {};
   }
   status = scheduler_->Update(outcome_.result, &outputs_);
   if (!status.ok()) {
@@ -232,7 +232,7 @@ void RequestManager::RunStep() {
     scheduler_->AbortStep();
     HandleOutputs();
     FailAllActive(absl::InternalError(absl::StrCat("step results: ", status.message())));
-    return;
+    return {};
   }
   HandleOutputs();
   for (size_t i = 0; i < outcome_.rows_routed.size() && i < plan_.workers.size(); ++i) {
@@ -240,26 +240,30 @@ void RequestManager::RunStep() {
     if (rows_routed_.size() <= rank) rows_routed_.resize(rank + 1, 0);
     rows_routed_[rank] += outcome_.rows_routed[i];
   }
-  std::optional<double> balancedness;
+  StepSummary summary;
+  summary.num_tokens = plan_.num_tokens();
   uint64_t max_rows = 0, sum_rows = 0;
   for (uint64_t rows : outcome_.rows_routed) {
     max_rows = std::max(max_rows, rows);
     sum_rows += rows;
   }
   if (max_rows > 0) {
-    balancedness = static_cast<double>(sum_rows) /
-                   static_cast<double>(outcome_.rows_routed.size()) / static_cast<double>(max_rows);
+    summary.balancedness = static_cast<double>(sum_rows) /
+                           static_cast<double>(outcome_.rows_routed.size()) /
+                           static_cast<double>(max_rows);
   }
-  observer_->OnStep(scheduler_->GetStats(), plan_.num_tokens(), balancedness);
-  if (all_empty && outputs_.empty()) {
-    // Live requests that cannot be placed yet: do not spin.
-    absl::MutexLock lock(&mu_);
-    auto interrupted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return stop_ || !intake_.empty() || !aborts_.empty() || !cancels_.empty() ||
-             fail_all_.has_value();
-    };
-    mu_.AwaitWithTimeout(absl::Condition(&interrupted), options_.stall_wait);
-  }
+  // Live requests that cannot be placed yet: the loop must not spin.
+  summary.stalled = all_empty && outputs_.empty();
+  return summary;
+}
+
+void RequestManager::WaitWhileStalled() {
+  absl::MutexLock lock(&mu_);
+  auto interrupted = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stop_ || !intake_.empty() || !aborts_.empty() || !cancels_.empty() ||
+           fail_all_.has_value();
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&interrupted), options_.stall_wait);
 }
 
 void RequestManager::MarkScheduled() {
@@ -274,9 +278,9 @@ void RequestManager::MarkScheduled() {
   }
 }
 
-void RequestManager::PublishSnapshot() {
+void RequestManager::PublishSnapshot(const SchedulerStats& stats) {
   absl::MutexLock lock(&mu_);
-  snapshot_.scheduler = scheduler_->GetStats();
+  snapshot_.scheduler = stats;
   snapshot_.num_live = static_cast<int64_t>(live_ids_.size());
   snapshot_.rows_routed = rows_routed_;
   loop_busy_ = scheduler_->num_live_requests() > 0;

@@ -127,7 +127,15 @@ class RequestManager {
   void TakeIntake();
   void AddRequest(Intake intake);
   void HandleControl();
-  void RunStep();
+  // What one step leaves for the observer (and whether the loop should pause).
+  struct StepSummary {
+    int64_t num_tokens = 0;
+    std::optional<double> balancedness;  // rows routed: mean over max across workers
+    bool stalled = false;                // live requests, none of them placeable now
+  };
+  StepSummary RunStep();
+  // Sleeps up to options_.stall_wait, or until new input or a stop arrives.
+  void WaitWhileStalled();
   void HandleOutputs();
   void HandleToken(Active& active, const RequestOutput& output);
   void HandleFinish(Active& active, const RequestOutput& output);
@@ -139,7 +147,7 @@ class RequestManager {
   void AbortActive(Active& active, const absl::Status& cancelled);
   void FailAllActive(const absl::Status& status);
   void Erase(Active& active);
-  void PublishSnapshot();
+  void PublishSnapshot(const SchedulerStats& stats);
 
   const RequestManagerOptions options_;
   ServingObserver* const observer_;
