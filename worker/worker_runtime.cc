@@ -180,25 +180,30 @@ absl::Status WorkerRuntime::ExecuteStep(const v1::StepRequest& request,
 }
 
 absl::Status WorkerRuntime::ValidateStep(const v1::StepRequest& request) const {
-  const std::string where = absl::StrCat("step ", request.step_id(), " rank ", rank_, ": ");
+  // Messages are built only on failure: a valid plan allocates nothing here after warm-up.
+  auto fail = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("step ", request.step_id(), " rank ", rank_, ": ", parts...));
+  };
   // The sequences live after the frees and creations, with their lengths and block counts.
-  absl::flat_hash_set<int64_t> freed(request.freed_seq_ids().begin(),
-                                     request.freed_seq_ids().end());
-  absl::flat_hash_map<int64_t, const v1::NewSequence*> created;
+  absl::flat_hash_set<int64_t>& freed = validate_freed_;
+  absl::flat_hash_map<int64_t, const v1::NewSequence*>& created = validate_created_;
+  absl::flat_hash_set<int64_t>& worked = validate_worked_;
+  freed.clear();
+  created.clear();
+  worked.clear();
+  freed.insert(request.freed_seq_ids().begin(), request.freed_seq_ids().end());
   for (const v1::NewSequence& seq : request.new_sequences()) {
     const bool live = sequences_.contains(seq.seq_id()) && !freed.contains(seq.seq_id());
     if (live || !created.emplace(seq.seq_id(), &seq).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "new sequence ", seq.seq_id(), " already exists on this worker"));
+      return fail("new sequence ", seq.seq_id(), " already exists on this worker");
     }
     absl::Status status = ValidateNewSequence(seq);
-    if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(where, status.message()));
+    if (!status.ok()) return fail(status.message());
   }
-  absl::flat_hash_set<int64_t> worked;
   for (const v1::SequenceWork& work : request.work()) {
     if (!worked.insert(work.seq_id()).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, "sequence ", work.seq_id(), " has two work entries"));
+      return fail("sequence ", work.seq_id(), " has two work entries");
     }
     int64_t num_tokens = 0, num_blocks = 0;
     if (auto it = created.find(work.seq_id()); it != created.end()) {
@@ -209,33 +214,32 @@ absl::Status WorkerRuntime::ValidateStep(const v1::StepRequest& request) const {
       num_tokens = it->second->num_tokens;
       num_blocks = static_cast<int64_t>(it->second->block_table.size());
     } else {
-      return absl::InvalidArgumentError(absl::StrCat(where, "work for sequence ", work.seq_id(),
-                                                     ", which this worker does not hold"));
+      return fail("work for sequence ", work.seq_id(), ", which this worker does not hold");
     }
     absl::Status status = ValidateWork(request, work, num_tokens, num_blocks);
-    if (!status.ok()) return absl::InvalidArgumentError(absl::StrCat(where, status.message()));
+    if (!status.ok()) return fail(status.message());
   }
   return absl::OkStatus();
 }
 
 absl::Status WorkerRuntime::ValidateNewSequence(const v1::NewSequence& seq) const {
-  const std::string what = absl::StrCat("new sequence ", seq.seq_id(), ": ");
+  auto fail = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat("new sequence ", seq.seq_id(), ": ", parts...));
+  };
   absl::Status sampling =
       ValidateSamplingParams(FromProto(seq.sampling()), engine_->config().vocab_size);
-  if (!sampling.ok()) return absl::InvalidArgumentError(absl::StrCat(what, sampling.message()));
+  if (!sampling.ok()) return fail(sampling.message());
   if (seq.num_prompt_tokens() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, "num_prompt_tokens ", seq.num_prompt_tokens(), " is negative"));
+    return fail("num_prompt_tokens ", seq.num_prompt_tokens(), " is negative");
   }
   const int64_t capacity = static_cast<int64_t>(seq.block_table_size()) * engine_->block_size();
   if (seq.cached_token_ids_size() > capacity) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, seq.cached_token_ids_size(), " cached tokens but the block table holds ", capacity));
+    return fail(seq.cached_token_ids_size(), " cached tokens but the block table holds ",
+                capacity);
   }
   for (int32_t block : seq.block_table()) {
     if (block < 0 || block >= engine_->num_kv_blocks()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, "block ", block, " out of range [0, ", engine_->num_kv_blocks(), ")"));
+      return fail("block ", block, " out of range [0, ", engine_->num_kv_blocks(), ")");
     }
   }
   return absl::OkStatus();
@@ -244,45 +248,42 @@ absl::Status WorkerRuntime::ValidateNewSequence(const v1::NewSequence& seq) cons
 absl::Status WorkerRuntime::ValidateWork(const v1::StepRequest& request,
                                          const v1::SequenceWork& work, int64_t num_tokens,
                                          int64_t num_blocks) const {
-  const std::string what = absl::StrCat("work of sequence ", work.seq_id(), ": ");
+  auto fail = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("work of sequence ", work.seq_id(), ": ", parts...));
+  };
   if (work.start_position() != num_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(what, "start_position ", work.start_position(),
-                                                   ", but the worker holds ", num_tokens,
-                                                   " tokens of it"));
+    return fail("start_position ", work.start_position(), ", but the worker holds ", num_tokens,
+                " tokens of it");
   }
   if (work.num_tokens() < 1 || work.token_offset() < 0 ||
       work.token_offset() + work.num_tokens() > request.token_ids_size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, "tokens [", work.token_offset(), ", +", work.num_tokens(),
-                     ") must be non-empty and within token_ids (", request.token_ids_size(), ")"));
+    return fail("tokens [", work.token_offset(), ", +", work.num_tokens(),
+                ") must be non-empty and within token_ids (", request.token_ids_size(), ")");
   }
   if (work.num_new_blocks() < 0 || work.block_offset() < 0 ||
       work.block_offset() + work.num_new_blocks() > request.block_ids_size()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, "new blocks [", work.block_offset(), ", +", work.num_new_blocks(),
-                     ") not within block_ids (", request.block_ids_size(), ")"));
+    return fail("new blocks [", work.block_offset(), ", +", work.num_new_blocks(),
+                ") not within block_ids (", request.block_ids_size(), ")");
   }
   const int64_t vocab_size = engine_->config().vocab_size;
   for (int i = 0; i < work.num_tokens(); ++i) {
     const int32_t token = request.token_ids(work.token_offset() + i);
     if (token < 0 || token >= vocab_size) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, "token id ", token, " out of the vocabulary [0, ", vocab_size, ")"));
+      return fail("token id ", token, " out of the vocabulary [0, ", vocab_size, ")");
     }
   }
   for (int i = 0; i < work.num_new_blocks(); ++i) {
     const int32_t block = request.block_ids(work.block_offset() + i);
     if (block < 0 || block >= engine_->num_kv_blocks()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(what, "block ", block, " out of range [0, ", engine_->num_kv_blocks(), ")"));
+      return fail("block ", block, " out of range [0, ", engine_->num_kv_blocks(), ")");
     }
   }
   const int64_t needed_tokens = work.start_position() + work.num_tokens();
   const int64_t capacity = (num_blocks + work.num_new_blocks()) * engine_->block_size();
   if (capacity < needed_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(what, "blocks missing: positions up to ",
-                                                   needed_tokens, " need ", needed_tokens,
-                                                   " KV slots, its blocks hold ", capacity));
+    return fail("blocks missing: positions up to ", needed_tokens, " need ", needed_tokens,
+                " KV slots, its blocks hold ", capacity);
   }
   return absl::OkStatus();
 }

@@ -27,6 +27,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -146,6 +147,8 @@ class WorkerRuntime {
   WorkerStepTotals last_step_;
 
   // Per-step buffers, reused.
+  mutable absl::flat_hash_set<int64_t> validate_freed_, validate_worked_;
+  mutable absl::flat_hash_map<int64_t, const v1::NewSequence*> validate_created_;
   std::vector<BatchEntry> batch_;
   ForwardOutput forward_output_;
   bool sample_on_device_ = false;  // this step's choice (SamplesOnDevice)
