@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/logging.h"
@@ -11,28 +12,6 @@
 #include "worker/moe/placement.h"
 
 namespace switchyard {
-namespace {
-
-// Waits for a set of async calls to complete.
-class CallLatch {
- public:
-  explicit CallLatch(int64_t num_calls) : num_left_(num_calls) {}
-  void Done() {
-    absl::MutexLock lock(&mu_);
-    --num_left_;
-  }
-  void Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(
-        +[](int64_t* n) { return *n == 0; }, &num_left_));
-  }
-
- private:
-  absl::Mutex mu_;
-  int64_t num_left_ ABSL_GUARDED_BY(mu_);
-};
-
-}  // namespace
 
 const char* ClusterStateName(ClusterState state) {
   switch (state) {
@@ -291,7 +270,7 @@ absl::Status ClusterService::LoadAll() {
   std::vector<v1::LoadRequest> requests(n);
   std::vector<v1::LoadResponse> responses(n);
   std::vector<grpc::Status> statuses(n);
-  CallLatch latch(static_cast<int64_t>(n));
+  absl::BlockingCounter pending(static_cast<int>(n));
   {
     absl::MutexLock lock(&mu_);
     if (stop_) return absl::CancelledError("stopped before loading");
@@ -310,12 +289,12 @@ absl::Status ClusterService::LoadAll() {
     request.set_comm_timeout_ms(options_.comm_timeout_ms);
     contexts[i].set_deadline(absl::ToChronoTime(absl::Now() + options_.load_timeout));
     workers[i].stub->async()->Load(&contexts[i], &request, &responses[i],
-                                   [&statuses, &latch, i](grpc::Status s) {
+                                   [&statuses, &pending, i](grpc::Status s) {
                                      statuses[i] = std::move(s);
-                                     latch.Done();
+                                     pending.DecrementCount();
                                    });
   }
-  latch.Wait();
+  pending.Wait();
   std::vector<std::string> errors;
   absl::MutexLock lock(&mu_);
   load_contexts_ = nullptr;

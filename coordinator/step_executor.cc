@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 
@@ -81,12 +82,18 @@ absl::Status GrpcStepExecutor::Execute(const StepPlan& plan, StepOutcome* outcom
   outcome->Clear();
   outcome->result.step_id = plan.step_id;
   const size_t n = plan.workers.size();
+  for (const WorkerStepPlan& worker_plan : plan.workers) {
+    if (worker_plan.rank < 0 || static_cast<size_t>(worker_plan.rank) >= stubs_.size()) {
+      return absl::InternalError(absl::StrCat("step ", plan.step_id, ": plan for rank ",
+                                              worker_plan.rank, ", but only ", stubs_.size(),
+                                              " workers are known"));
+    }
+  }
   requests_.resize(n);
-  std::vector<v1::StepResponse> responses(n);
+  responses_.resize(n);
   std::vector<grpc::Status> statuses(n);
-  std::vector<grpc::ClientContext> contexts(n);
-  absl::Mutex mu;
-  size_t num_left = n;
+  std::vector<grpc::ClientContext> contexts(n);  // single-use by gRPC's rules
+  absl::BlockingCounter pending(static_cast<int>(n));
   const auto deadline = absl::ToChronoTime(absl::Now() + step_timeout_);
   {
     absl::MutexLock lock(&cancel_mu_);
@@ -94,27 +101,16 @@ absl::Status GrpcStepExecutor::Execute(const StepPlan& plan, StepOutcome* outcom
   }
   for (size_t i = 0; i < n; ++i) {
     const WorkerStepPlan& worker_plan = plan.workers[i];
-    if (worker_plan.rank < 0 || static_cast<size_t>(worker_plan.rank) >= stubs_.size()) {
-      return absl::InternalError(absl::StrCat("step ", plan.step_id, ": plan for rank ",
-                                              worker_plan.rank, ", but only ", stubs_.size(),
-                                              " workers are known"));
-    }
-  }
-  for (size_t i = 0; i < n; ++i) {
-    const WorkerStepPlan& worker_plan = plan.workers[i];
     ToStepRequest(plan.step_id, worker_plan, &requests_[i]);
+    responses_[i].Clear();
     contexts[i].set_deadline(deadline);
     stubs_[worker_plan.rank]->async()->ExecuteStep(
-        &contexts[i], &requests_[i], &responses[i], [&, i](grpc::Status status) {
-          absl::MutexLock lock(&mu);
+        &contexts[i], &requests_[i], &responses_[i], [&statuses, &pending, i](grpc::Status status) {
           statuses[i] = std::move(status);
-          --num_left;
+          pending.DecrementCount();
         });
   }
-  {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(+[](size_t* left) { return *left == 0; }, &num_left));
-  }
+  pending.Wait();
   {
     absl::MutexLock lock(&cancel_mu_);
     in_flight_ = nullptr;
@@ -129,7 +125,7 @@ absl::Status GrpcStepExecutor::Execute(const StepPlan& plan, StepOutcome* outcom
                                     " ", statuses[i].error_message()));
       continue;
     }
-    AppendStepResponse(responses[i], outcome);
+    AppendStepResponse(responses_[i], outcome);
   }
   if (!errors.empty()) {
     return absl::UnavailableError(absl::StrCat("step ", plan.step_id, " failed on ",

@@ -67,6 +67,7 @@ class GrpcStepExecutor final : public StepExecutor {
   absl::Duration step_timeout_;
   std::function<void(absl::StatusCode)> on_rpc_error_;
   std::vector<v1::StepRequest> requests_;  // reused from step to step
+  std::vector<v1::StepResponse> responses_;
   absl::Mutex cancel_mu_;
   std::vector<grpc::ClientContext>* in_flight_ ABSL_GUARDED_BY(cancel_mu_) = nullptr;
 };
