@@ -150,8 +150,7 @@ absl::Status Engine::PrepareStep(std::span<const BatchEntry> batch) {
       const int64_t pos = e.start_position + static_cast<int64_t>(i);
       step_tokens_.push_back(e.token_ids[i]);
       step_positions_.push_back(static_cast<int32_t>(pos));
-      step_slots_.push_back(static_cast<int64_t>(e.block_table[pos / block_size_]) * block_size_ +
-                            pos % block_size_);
+      step_slots_.push_back(kernels::cpu::KvSlot(e.block_table.data(), pos, block_size_));
       if (config_.attn_temperature_tuning) {
         step_temperature_scale_.push_back(static_cast<float>(
             std::log(std::floor((pos + 1.0) / config_.floor_scale) + 1.0) * config_.attn_scale + 1.0));
@@ -186,7 +185,7 @@ absl::Status Engine::ForwardIdle() {
   // Zero-row views without storage: nothing is read or written, only the collectives run.
   const Tensor none(nullptr, nullptr, backend_->activation_dtype(), {0, config_.hidden_size});
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
-    if (!weights_.layers[layer].is_moe) continue;
+    if (!config_.layer_is_moe[layer]) continue;
     SY_RETURN_IF_ERROR(moe_executor_->Run(layer, none, {}, {}, config_.num_experts_per_tok, none));
   }
   return absl::OkStatus();
@@ -254,7 +253,7 @@ absl::Status Engine::FfnBlock(int64_t layer_idx, const Tensor& x) {
     SY_RETURN_IF_ERROR(backend_->SiluMul(gate, up, gate));
     return backend_->Linear(gate, f.down, Tensor(), out, accumulate);
   };
-  if (!w.is_moe) return swiglu(w.dense, x, /*accumulate=*/true);
+  if (!config_.layer_is_moe[layer_idx]) return swiglu(w.dense, x, /*accumulate=*/true);
 
   const int64_t k = c.num_experts_per_tok;
   SY_ASSIGN_OR_RETURN(Tensor router_logits, scratch_->Get(kFfnC, DType::kF32, {t, c.num_experts}));

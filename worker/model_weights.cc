@@ -130,9 +130,8 @@ absl::Status LoadExperts(const ModelConfig& c, int64_t i, Loader& l,
 
 absl::Status LoadFfn(const ModelConfig& c, int64_t i, Loader& l, const WeightLoadOptions& options,
                      LayerWeights& w) {
-  w.is_moe = c.layer_is_moe[i];
   const bool llama4 = c.expert_layout == ExpertLayout::kLlama4Fused;
-  if (!w.is_moe) {
+  if (!c.layer_is_moe[i]) {
     SY_ASSIGN_OR_RETURN(w.dense, LoadSwiGlu(c, i, l, llama4 ? "feed_forward." : "mlp.",
                                             c.intermediate_size));
     return absl::OkStatus();

@@ -34,8 +34,7 @@ struct LayerWeights {
   Tensor q_bias, k_bias, v_bias;  // empty unless attention_bias
   Tensor o_bias;                  // empty unless o_proj_bias
   Tensor q_norm, k_norm;          // empty unless the family has a weighted QK-norm
-  bool is_moe = false;
-  DenseFfnWeights dense;          // dense layers
+  DenseFfnWeights dense;          // dense layers (ModelConfig::layer_is_moe says which)
   Tensor router;                  // [E, H]
   std::vector<ExpertWeights> experts;  // size num_experts; unloaded ones empty
   DenseFfnWeights shared_expert;  // gate empty when the family has none

@@ -30,8 +30,7 @@ void AttendOne(const float* q_row, const float* k_cache, const float* v_cache,
   float max_score = -INFINITY;
   for (int64_t j = 0; j < num_keys; ++j) {
     const int64_t pos = key_begin + j;
-    const int64_t slot = static_cast<int64_t>(block_table[pos / block_size]) * block_size +
-                         pos % block_size;
+    const int64_t slot = KvSlot(block_table, pos, block_size);
     const float* k_row = k_cache + slot * kv_dim + kv_head * head_dim;
     float dot = 0.0f;
     for (int64_t d = 0; d < head_dim; ++d) dot += q_row[d] * k_row[d];
@@ -47,8 +46,7 @@ void AttendOne(const float* q_row, const float* k_cache, const float* v_cache,
   const float inv_denom = static_cast<float>(1.0 / denom);
   for (int64_t j = 0; j < num_keys; ++j) {
     const int64_t pos = key_begin + j;
-    const int64_t slot = static_cast<int64_t>(block_table[pos / block_size]) * block_size +
-                         pos % block_size;
+    const int64_t slot = KvSlot(block_table, pos, block_size);
     const float* v_row = v_cache + slot * kv_dim + kv_head * head_dim;
     const float p = scores[j] * inv_denom;
     for (int64_t d = 0; d < head_dim; ++d) out_row[d] += p * v_row[d];
@@ -68,8 +66,7 @@ void AttendSequenceGemm(const float* q, const float* k_cache, const float* v_cac
   std::vector<float> keys(num_keys * kv_dim), values(num_keys * kv_dim);
   for (int64_t j = 0; j < num_keys; ++j) {
     const int64_t pos = key_begin + j;
-    const int64_t slot = static_cast<int64_t>(seq.block_table[pos / block_size]) * block_size +
-                         pos % block_size;
+    const int64_t slot = KvSlot(seq.block_table, pos, block_size);
     std::memcpy(&keys[j * kv_dim], k_cache + slot * kv_dim, kv_dim * sizeof(float));
     std::memcpy(&values[j * kv_dim], v_cache + slot * kv_dim, kv_dim * sizeof(float));
   }

@@ -17,6 +17,11 @@ struct AttentionSeq {
   const int32_t* block_table = nullptr;
 };
 
+// The cache row ("slot") holding position `pos` of a sequence with this block table.
+inline int64_t KvSlot(const int32_t* block_table, int64_t pos, int64_t block_size) {
+  return static_cast<int64_t>(block_table[pos / block_size]) * block_size + pos % block_size;
+}
+
 // Writes k/v rows ([num_tokens, num_kv_heads * head_dim]) into the cache at the given slots.
 void WriteKvCache(const float* k, const float* v, const int64_t* slots, int64_t num_tokens,
                   int64_t kv_dim, float* k_cache, float* v_cache);
