@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/cli_support.h"
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "common/model_config.h"
@@ -195,20 +196,8 @@ absl::Status CoordinatorImpl::StartServers() {
 
 absl::Status CoordinatorImpl::WritePortFile() const {
   if (options_.port_file.empty()) return absl::OkStatus();
-  nlohmann::json ports = {{"grpc", grpc_port_}, {"control", control_port_}, {"http", http_port_}};
-  const std::string tmp = options_.port_file + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << ports.dump() << "\n";
-    if (!out) return absl::InternalError(absl::StrCat("cannot write --port_file ", tmp));
-  }
-  std::error_code error;
-  std::filesystem::rename(tmp, options_.port_file, error);  // readers never see half a file
-  if (error) {
-    return absl::InternalError(
-        absl::StrCat("cannot rename ", tmp, " to ", options_.port_file, ": ", error.message()));
-  }
-  return absl::OkStatus();
+  const nlohmann::json ports = {{"grpc", grpc_port_}, {"control", control_port_}, {"http", http_port_}};
+  return WriteFileAtomically(options_.port_file, ports.dump() + "\n");
 }
 
 void CoordinatorImpl::OnReady(const std::vector<WorkerRecord>& workers) {

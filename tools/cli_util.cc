@@ -49,23 +49,6 @@ absl::Status FillRequest(const RequestOptions& o, v1::GenerateRequest& request) 
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text) {
-  std::vector<int32_t> ids;
-  if (absl::StripAsciiWhitespace(text).empty()) return ids;
-  int item_idx = 0;
-  for (absl::string_view item : absl::StrSplit(text, ',')) {
-    item = absl::StripAsciiWhitespace(item);
-    int32_t id = 0;
-    if (!absl::SimpleAtoi(item, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat("expected comma-separated token ids, item ",
-                                                     item_idx, " is \"", item, "\""));
-    }
-    ids.push_back(id);
-    ++item_idx;
-  }
-  return ids;
-}
-
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& address) {
   grpc::ChannelArguments args;
   // Generations can be long; the defaults (4 MiB) are fine for messages, but keep a stream alive

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/cli_support.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/grpcpp.h"
 #include "switchyard/v1/inference.grpc.pb.h"
@@ -45,8 +46,7 @@ struct RequestOptions {
 // hold (negative max_tokens, ...) are INVALID_ARGUMENT here; range checks are the server's.
 absl::Status FillRequest(const RequestOptions& options, v1::GenerateRequest& request);
 
-// "1,2, 3" -> {1, 2, 3}. Empty text -> empty list. INVALID_ARGUMENT names the bad item.
-absl::StatusOr<std::vector<int32_t>> ParseIdList(absl::string_view text);
+
 
 // An insecure channel to host:port (the coordinator's client port).
 std::shared_ptr<grpc::Channel> NewChannel(const std::string& address);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/flags.h"
+#include "common/cli_support.h"
 #include "common/logging.h"
 #include "common/tokenizer.h"
 #include "worker/engine.h"
@@ -46,19 +47,6 @@ ABSL_FLAG(std::string, log_level, "warn", "trace, debug, info, warn, error, off"
 namespace switchyard {
 namespace {
 
-absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, std::string_view what) {
-  std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    int32_t id;
-    if (!absl::SimpleAtoi(part, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat(std::string(what), ": expected comma-separated integers, found '",
-                                                     std::string(part), "'"));
-    }
-    ids.push_back(id);
-  }
-  return ids;
-}
-
 absl::Status WriteFile(const std::string& path, const void* data, size_t bytes) {
   std::ofstream out(path, std::ios::binary);
   out.write(static_cast<const char*>(data), bytes);
@@ -73,7 +61,7 @@ absl::StatusOr<GenerationRequest> BuildRequest(const Engine& engine, const Token
     return absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids");
   }
   if (!prompt_ids.empty()) {
-    SY_ASSIGN_OR_RETURN(request.prompt_ids, ParseIds(prompt_ids, "--prompt-ids"));
+    SY_ASSIGN_OR_RETURN(request.prompt_ids, ParseIdList(prompt_ids, "--prompt-ids"));
   } else {
     if (tokenizer == nullptr) return absl::FailedPreconditionError("--prompt needs tokenizer.json in the model directory");
     SY_ASSIGN_OR_RETURN(request.prompt_ids, tokenizer->Encode(prompt));
@@ -92,7 +80,7 @@ absl::StatusOr<GenerationRequest> BuildRequest(const Engine& engine, const Token
   }
   StopConfig& stop = request.stop;
   stop.stop_strings = absl::GetFlag(FLAGS_stop);
-  SY_ASSIGN_OR_RETURN(stop.stop_token_ids, ParseIds(absl::GetFlag(FLAGS_stop_token_ids), "--stop-token-ids"));
+  SY_ASSIGN_OR_RETURN(stop.stop_token_ids, ParseIdList(absl::GetFlag(FLAGS_stop_token_ids), "--stop-token-ids"));
   for (int64_t id : engine.config().eos_token_ids) stop.eos_token_ids.push_back(static_cast<int32_t>(id));
   stop.ignore_eos = absl::GetFlag(FLAGS_ignore_eos);
   stop.max_tokens = absl::GetFlag(FLAGS_max_tokens);

@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/cli_support.h"
 #include "common/model_config.h"
 #include "common/tokenizer.h"
 #include "common/tokenizer_maker.h"
@@ -112,14 +113,9 @@ int Run(const Args& args) {
     std::cout << absl::StrJoin(*ids, ",") << "\n";
     return 0;
   }
-  std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(*args.decode, ',', absl::SkipWhitespace())) {
-    int32_t id = 0;
-    if (!absl::SimpleAtoi(part, &id))
-      return Usage("--decode: '" + std::string(part) + "' is not an id");
-    ids.push_back(id);
-  }
-  auto text = (*tokenizer)->Decode(ids, args.no_special);
+  absl::StatusOr<std::vector<int32_t>> ids = switchyard::ParseIdList(*args.decode, "--decode");
+  if (!ids.ok()) return Usage(std::string(ids.status().message()));
+  auto text = (*tokenizer)->Decode(*ids, args.no_special);
   if (!text.ok()) {
     std::cerr << "switchyard-tokenize: " << text.status() << "\n";
     return 1;

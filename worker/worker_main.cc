@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
+#include "common/cli_support.h"
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "grpcpp/grpcpp.h"
@@ -102,16 +103,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeCommunicator(
 
 absl::Status WritePortFile(const std::string& path, int control_port, int http_port) {
   if (path.empty()) return absl::OkStatus();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << nlohmann::json{{"control", control_port}, {"http", http_port}}.dump() << "\n";
-    if (!out) return absl::InternalError(absl::StrCat("cannot write --port_file ", tmp));
-  }
-  std::error_code error;
-  std::filesystem::rename(tmp, path, error);  // readers never see half a file
-  if (error) return absl::InternalError(absl::StrCat("cannot rename ", tmp, ": ", error.message()));
-  return absl::OkStatus();
+  return WriteFileAtomically(
+      path, nlohmann::json{{"control", control_port}, {"http", http_port}}.dump() + "\n");
 }
 
 // Metrics appear once the coordinator has assigned a rank (at Load); the engine thread owns them.

@@ -1,12 +1,18 @@
 // Tests of the `switchyard` CLI (tools/cli_*) against a fake InferenceService on 127.0.0.1: the
 // library pieces (statistics, id lists, the status table, bench) and the binary's output and exit
 // codes.
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
@@ -146,6 +152,28 @@ TEST(ParseIdListTest, ParsesAndRejects) {
   EXPECT_TRUE(ParseIdList("")->empty());
   EXPECT_EQ(ParseIdList("1,,2").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseIdList("1,a").status().code(), absl::StatusCode::kInvalidArgument);
+  const absl::Status bad = ParseIdList("4, 5,x7", "--stop-token-ids").status();
+  EXPECT_TRUE(absl::StrContains(bad.message(), "--stop-token-ids")) << bad;
+  EXPECT_TRUE(absl::StrContains(bad.message(), "item 2 is \"x7\"")) << bad;
+  EXPECT_FALSE(ParseIdList("99999999999").ok());  // beyond int32
+}
+
+TEST(WriteFileAtomicallyTest, ReplacesWholeFilesAndNamesFailures) {
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) /
+                                    ("cli_atomic_" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "ports.json").string();
+  ASSERT_TRUE(WriteFileAtomically(path, "first, and longer\n").ok());
+  ASSERT_TRUE(WriteFileAtomically(path, "second\n").ok());
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  EXPECT_EQ(text.str(), "second\n");
+  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  const absl::Status missing = WriteFileAtomically((dir / "no" / "such" / "f").string(), "x");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kInternal) << missing;
+  EXPECT_TRUE(absl::StrContains(missing.message(), "no/such/f")) << missing;
+  std::filesystem::remove_all(dir);
 }
 
 TEST(FormatServerInfoTest, ShowsEveryWorkerRow) {
