@@ -255,9 +255,9 @@ absl::Status InferenceApi::NotServingStatus() const {
     return absl::UnavailableError("the server is draining (shutting down); retry elsewhere");
   }
   for (const WorkerRecord& worker : cluster_->workers()) {
-    if (worker.state == "lost" || worker.state == "failed") {
+    if (worker.state == WorkerState::kLost || worker.state == WorkerState::kFailed) {
       return absl::UnavailableError(absl::StrCat("worker rank ", worker.rank, " (",
-                                                 worker.address, ") is ", worker.state,
+                                                 worker.address, ") is ", WorkerStateName(worker.state),
                                                  "; the cluster is not serving"));
     }
   }
@@ -277,7 +277,7 @@ void InferenceApi::FillServerInfo(v1::ServerInfo* info) const {
     v1::WorkerInfo* out = info->add_workers();
     out->set_rank(static_cast<uint32_t>(std::max(worker.rank, 0)));
     out->set_address(worker.address);
-    out->set_state(worker.state);
+    out->set_state(WorkerStateName(worker.state));
     out->set_weight_bytes_loaded(worker.weight_bytes_loaded);
     out->set_last_heartbeat_age_seconds(absl::ToDoubleSeconds(now - worker.last_heartbeat));
     out->set_kv_blocks_total(worker.num_kv_blocks);

@@ -13,6 +13,17 @@
 
 namespace switchyard {
 
+const char* WorkerStateName(WorkerState state) {
+  switch (state) {
+    case WorkerState::kRegistered: return "registered";
+    case WorkerState::kLoading: return "loading";
+    case WorkerState::kReady: return "ready";
+    case WorkerState::kFailed: return "failed";
+    case WorkerState::kLost: return "lost";
+  }
+  return "unknown";
+}
+
 const char* ClusterStateName(ClusterState state) {
   switch (state) {
     case ClusterState::kStarting: return "starting";
@@ -124,7 +135,7 @@ grpc::Status ClusterService::Heartbeat(grpc::ServerContext*, const v1::Heartbeat
   absl::MutexLock lock(&mu_);
   for (WorkerRecord& worker : workers_) {
     if (worker.worker_id != request->worker_id()) continue;
-    if (worker.state == "lost") {
+    if (worker.state == WorkerState::kLost) {
       return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                           absl::StrCat("worker ", worker.worker_id, " was declared lost"));
     }
@@ -207,7 +218,7 @@ PlacementSummary ClusterService::placement() const {
 int32_t ClusterService::num_ready() const {
   absl::MutexLock lock(&mu_);
   int32_t num = 0;
-  for (const WorkerRecord& worker : workers_) num += worker.state == "ready" ? 1 : 0;
+  for (const WorkerRecord& worker : workers_) num += worker.state == WorkerState::kReady ? 1 : 0;
   return num;
 }
 
@@ -254,7 +265,7 @@ absl::Status ClusterService::LoadAll() {
     absl::MutexLock lock(&mu_);
     for (size_t i = 0; i < workers_.size(); ++i) {
       workers_[i].rank = static_cast<int32_t>(i);
-      workers_[i].state = "loading";
+      workers_[i].state = WorkerState::kLoading;
     }
     placement_ = summary;
     prefix = absl::StrCat("gen", generation_++, "/");
@@ -304,12 +315,12 @@ absl::Status ClusterService::LoadAll() {
       if (on_rpc_error_) {
         on_rpc_error_("Load", static_cast<absl::StatusCode>(statuses[i].error_code()));
       }
-      worker.state = "failed";
+      worker.state = WorkerState::kFailed;
       errors.push_back(absl::StrCat("rank ", i, " (", worker.address,
                                     "): ", FromGrpcStatus(statuses[i]).ToString()));
       continue;
     }
-    worker.state = "ready";
+    worker.state = WorkerState::kReady;
     worker.num_kv_blocks = responses[i].num_kv_blocks();
     worker.weight_bytes_loaded = responses[i].weight_bytes_loaded();
     worker.device = responses[i].device();
@@ -330,9 +341,9 @@ void ClusterService::CheckHeartbeats() {
     absl::MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
     for (WorkerRecord& worker : workers_) {
-      if (worker.state != "ready") continue;
+      if (worker.state != WorkerState::kReady) continue;
       if (now - worker.last_heartbeat <= options_.heartbeat_timeout) continue;
-      worker.state = "lost";
+      worker.state = WorkerState::kLost;
       lost.push_back(worker);
     }
   }

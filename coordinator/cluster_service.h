@@ -45,6 +45,12 @@ struct ClusterOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(10);
 };
 
+// Where a worker is in its life: registered -> loading -> ready, or failed (its Load failed), or
+// lost (silent past the heartbeat timeout once ready).
+enum class WorkerState { kRegistered, kLoading, kReady, kFailed, kLost };
+// "registered", "loading", "ready", "failed", "lost" (GetServerInfo, logs).
+const char* WorkerStateName(WorkerState state);
+
 // One worker as the coordinator knows it.
 struct WorkerRecord {
   std::string worker_id;
@@ -53,7 +59,7 @@ struct WorkerRecord {
   std::string hostname;
   std::string backend;
   std::string metrics_address;
-  std::string state = "registered";  // registered, loading, ready, failed, lost
+  WorkerState state = WorkerState::kRegistered;
   uint64_t num_kv_blocks = 0;
   uint64_t weight_bytes_loaded = 0;
   std::string device;

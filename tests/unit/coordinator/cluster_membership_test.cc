@@ -139,7 +139,7 @@ TEST(ClusterMembershipTest, AFailedLoadNeverServes) {
   EXPECT_EQ(service.state(), ClusterState::kFailed);
   service.Stop();
   EXPECT_FALSE(ready_called);
-  EXPECT_EQ(service.workers()[1].state, "failed");
+  EXPECT_EQ(service.workers()[1].state, WorkerState::kFailed);
 }
 
 }  // namespace
