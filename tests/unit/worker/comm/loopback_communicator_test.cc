@@ -2,6 +2,7 @@
 // abort, and the fault-injecting wrapper over it.
 #include "worker/comm/loopback_communicator.h"
 
+#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -95,18 +96,28 @@ TEST(LoopbackTest, AbortWakesPendingCallsAndFailsLaterOnes) {
   CommunicatorOptions options;
   options.timeout = absl::Seconds(60);  // far beyond the test: only Abort can end the wait
   std::vector<absl::Status> statuses(3);
+  std::vector<absl::Time> started(2), ended(2);
+  std::atomic<int> entered{0};
   std::vector<std::thread> threads;
   for (int rank = 0; rank < 2; ++rank) {
     threads.emplace_back([&, rank] {
       auto comm = CreateLoopbackCommunicator(group, rank, options).value();
-      statuses[rank] = comm->Barrier();
+      started[rank] = absl::Now();
+      ++entered;
+      statuses[rank] = comm->Barrier();  // rank 2 never arrives
+      ended[rank] = absl::Now();
     });
   }
   auto comm2 = CreateLoopbackCommunicator(group, 2, options).value();
+  while (entered.load() < 2) absl::SleepFor(absl::Milliseconds(1));
   absl::SleepFor(absl::Milliseconds(50));
+  const absl::Time aborted = absl::Now();
   comm2->Abort("test abort");
   for (auto& thread : threads) thread.join();
   for (int rank = 0; rank < 2; ++rank) {
+    // The call was in progress when the abort came: it began before and returned after.
+    EXPECT_LT(started[rank], aborted) << "rank " << rank;
+    EXPECT_GE(ended[rank], aborted) << "rank " << rank;
     EXPECT_EQ(statuses[rank].code(), absl::StatusCode::kAborted) << statuses[rank];
     EXPECT_TRUE(absl::StrContains(statuses[rank].message(), "test abort")) << statuses[rank];
   }
