@@ -58,13 +58,20 @@ class Env:
                  "switchyard-make-model"]
         return [n for n in names if not os.access(os.path.join(self.bin_dir, n), os.X_OK)]
 
-    def ensure_model(self):
-        if os.path.exists(os.path.join(self.model_dir, "config.json")):
+    def ensure_model(self, fresh=False):
+        """Makes the shared checkpoint; `fresh` (the fixture that runs before every suite) remakes
+        it, so a build with a changed model maker never tests against an old checkpoint."""
+        exists = os.path.exists(os.path.join(self.model_dir, "config.json"))
+        if exists and not fresh:
             return
         tmp = tempfile.mkdtemp(dir=self.work_dir, prefix="model-")
         subprocess.run([os.path.join(self.bin_dir, "switchyard-make-model"), "--family",
                         "qwen3_moe", "--out", tmp, "--seed", "7"], check=True,
                        stdout=subprocess.DEVNULL)
+        if exists:  # no suite runs while the fixture does: move the old one out of the way
+            old = tempfile.mkdtemp(dir=self.work_dir, prefix="model-old-")
+            os.rename(self.model_dir, os.path.join(old, "model"))
+            shutil.rmtree(old, ignore_errors=True)
         try:
             os.rename(tmp, self.model_dir)  # atomic: parallel suites share the model
         except OSError:
@@ -144,17 +151,29 @@ def suite_greedy(env, checks, num_workers):
     log_dir = os.path.join(env.work_dir, f"logs-greedy-{num_workers}")
     with Cluster(env.bin_dir, env.model_dir, log_dir, num_workers) as cluster:
         results = [None] * len(prompts)
+        spans = [None] * len(prompts)  # (start, end) of each client call
         delays = random.Random(99).sample([i * 0.05 for i in range(60)], len(prompts))
 
         def one(idx):
             time.sleep(delays[idx])
+            start = time.monotonic()
             results[idx] = generate(env, cluster.address, *prompts[idx])
+            spans[idx] = (start, time.monotonic())
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        # The point of the suite is a mixed, changing batch: requests must have been in flight
+        # together (the most calls open at one moment).
+        events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+        open_calls = most_open = 0
+        for _, change in events:
+            open_calls += change
+            most_open = max(most_open, open_calls)
+        checks.check(most_open >= 4, f"greedy requests overlapped ({num_workers} workers)",
+                     f"at most {most_open} calls were open at once")
         mismatches = []
         for idx, ((prompt, max_tokens), ref, res) in enumerate(zip(prompts, refs, results)):
             rc, ids, finished, err = res
@@ -426,7 +445,7 @@ def main():
     if missing:
         print(f"SKIP: not built: {', '.join(missing)}")
         return SKIP
-    env.ensure_model()
+    env.ensure_model(fresh=args.suite == "model")
     if args.suite == "model":
         return 0
     checks = Checks()
