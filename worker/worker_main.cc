@@ -42,7 +42,7 @@ ABSL_FLAG(std::string, advertise_host, "127.0.0.1",
           "address the coordinator and the other ranks reach this worker at");
 ABSL_FLAG(int32_t, control_port, 50061, "WorkerService gRPC port (0: pick a free port)");
 ABSL_FLAG(int32_t, http_port, 8001, "HTTP port of /metrics and /health (0: pick a free port)");
-ABSL_FLAG(std::string, backend, "cpu", "cpu, cuda or auto");
+ABSL_FLAG(std::string, backend, "auto", "cpu, cuda, or auto (cuda when a GPU is usable, else cpu)");
 ABSL_FLAG(int64_t, kv_cache_mb, 0, "KV-cache budget in MiB (0: the coordinator's value)");
 ABSL_FLAG(bool, metrics_per_expert, false, "export switchyard_moe_expert_tokens_total");
 ABSL_FLAG(std::string, port_file, "", "write the bound ports as JSON to this file");
