@@ -334,13 +334,13 @@ absl::Status WorkerRuntime::RunForward(const v1::StepRequest& request, v1::StepS
                                             work.num_tokens()),
                    work.start_position(), seq.block_table, /*all_logits=*/false});
   }
-  sample_on_device_ = SamplesOnDevice(request);
   const absl::Time start = absl::Now();
   absl::Status status =
       batch_.empty()
           ? engine_->ForwardIdle()
           : engine_->Forward(batch_, &forward_output_,
-                             ForwardOptions{.logits_to_host = !sample_on_device_});
+                             ForwardOptions{.logits_to_host =
+                                                !engine_->backend().samples_on_device()});
   if (!status.ok()) return FailDataPlane(request.step_id(), std::move(status));
   stats->set_forward_seconds(Seconds(absl::Now() - start));
   stats->set_num_tokens(static_cast<uint64_t>(request.token_ids_size()));
@@ -361,63 +361,78 @@ absl::Status WorkerRuntime::RunForward(const v1::StepRequest& request, v1::StepS
   return absl::OkStatus();
 }
 
-bool WorkerRuntime::SamplesOnDevice(const v1::StepRequest& request) const {
-  if (!engine_->backend().samples_on_device()) return false;
-  for (const v1::SequenceWork& work : request.work()) {
-    if (!work.sample()) continue;
-    const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
-    if (p.num_logprobs > 0 || p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f ||
-        p.frequency_penalty != 0.0f) {
-      return false;
-    }
-  }
-  return true;
+bool WorkerRuntime::NeedsHostSampler(const SamplingParams& p) {
+  return p.num_logprobs > 0 || p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f ||
+         p.frequency_penalty != 0.0f;
 }
 
 absl::Status WorkerRuntime::SampleTokens(const v1::StepRequest& request,
                                          v1::StepResponse* response) {
   const int64_t vocab_size = forward_output_.vocab_size;
-  if (sample_on_device_) {
-    device_rows_.clear();
-    device_params_.clear();
-    for (int i = 0; i < request.work_size(); ++i) {
-      const v1::SequenceWork& work = request.work(i);
-      if (!work.sample()) continue;
-      const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
+  Backend& backend = engine_->backend();
+  const bool on_device = backend.samples_on_device();
+  // Rows the backend samples where the logits are, and rows for the host sampler (penalties and
+  // logprobs), in work order; on a device only the host rows' logits are copied back.
+  device_rows_.clear();
+  device_params_.clear();
+  host_rows_.clear();
+  for (int i = 0; i < request.work_size(); ++i) {
+    const v1::SequenceWork& work = request.work(i);
+    if (!work.sample()) continue;
+    const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
+    if (on_device && !NeedsHostSampler(p)) {
       device_rows_.push_back(forward_output_.first_row[i]);
       device_params_.push_back(DeviceSamplingRow{
           p.temperature, p.top_k, p.top_p, p.min_p, p.seed,
           static_cast<uint64_t>(work.start_position() + work.num_tokens())});
+    } else {
+      host_rows_.push_back(static_cast<int32_t>(forward_output_.first_row[i]));
     }
-    device_tokens_.resize(device_rows_.size());
-    if (!device_rows_.empty()) {
-      absl::Status status = engine_->backend().SampleTokens(
-          forward_output_.device_logits, device_rows_, device_params_, device_tokens_);
-      if (!status.ok()) {
-        return absl::Status(status.code(), absl::StrCat("step ", request.step_id(), " rank ",
-                                                        rank_, " sampling: ", status.message()));
-      }
-    }
-    size_t next = 0;
-    for (const v1::SequenceWork& work : request.work()) {
-      if (!work.sample()) continue;
-      v1::SampledToken* token = response->add_tokens();
-      token->set_seq_id(work.seq_id());
-      token->set_token_id(device_tokens_[next++]);  // no logprob: none was asked for
-    }
-    return absl::OkStatus();
   }
+  auto fail = [&](const absl::Status& status) {
+    return absl::Status(status.code(), absl::StrCat("step ", request.step_id(), " rank ", rank_,
+                                                    " sampling: ", status.message()));
+  };
+  device_tokens_.resize(device_rows_.size());
+  if (!device_rows_.empty()) {
+    absl::Status status = backend.SampleTokens(forward_output_.device_logits, device_rows_,
+                                               device_params_, device_tokens_);
+    if (!status.ok()) return fail(status);
+  }
+  // The host rows' logits: in place on the host, or gathered on the device and copied back once.
+  float* host_logits = forward_output_.logits.data();
+  if (on_device && !host_rows_.empty()) {
+    const int64_t n = static_cast<int64_t>(host_rows_.size());
+    if (host_rows_buffer_.empty() || host_rows_buffer_.dim(0) < n ||
+        host_rows_buffer_.dim(1) != vocab_size) {
+      absl::StatusOr<Tensor> buffer = backend.Empty(DType::kF32, {n, vocab_size});
+      if (!buffer.ok()) return fail(buffer.status());
+      host_rows_buffer_ = *std::move(buffer);
+    }
+    const Tensor gathered = host_rows_buffer_.Rows(0, n);
+    absl::Status status =
+        backend.GatherRows(forward_output_.device_logits, host_rows_, {}, gathered);
+    gathered_logits_.resize(n * vocab_size);
+    if (status.ok()) status = backend.CopyToHost(gathered, gathered_logits_);
+    if (!status.ok()) return fail(status);
+    host_logits = gathered_logits_.data();
+  }
+  size_t next_device = 0, next_host = 0;
   for (int i = 0; i < request.work_size(); ++i) {
     const v1::SequenceWork& work = request.work(i);
     if (!work.sample()) continue;
     const Sequence& seq = *sequences_.at(work.seq_id());
-    std::span<float> logits(
-        forward_output_.logits.data() + forward_output_.first_row[i] * vocab_size,
-        static_cast<size_t>(vocab_size));
-    const uint64_t position = static_cast<uint64_t>(work.start_position() + work.num_tokens());
-    sampler_->Sample(logits, seq.sampling, seq.counts, position, &sampled_);
     v1::SampledToken* token = response->add_tokens();
     token->set_seq_id(work.seq_id());
+    if (on_device && !NeedsHostSampler(seq.sampling)) {
+      token->set_token_id(device_tokens_[next_device++]);  // no logprob: none was asked for
+      continue;
+    }
+    const int64_t row = on_device ? static_cast<int64_t>(next_host) : forward_output_.first_row[i];
+    ++next_host;
+    std::span<float> logits(host_logits + row * vocab_size, static_cast<size_t>(vocab_size));
+    const uint64_t position = static_cast<uint64_t>(work.start_position() + work.num_tokens());
+    sampler_->Sample(logits, seq.sampling, seq.counts, position, &sampled_);
     token->set_token_id(sampled_.token_id);
     token->set_logprob(sampled_.logprob);
     for (const auto& [id, logprob] : sampled_.top_logprobs) {

@@ -124,9 +124,10 @@ class WorkerRuntime {
                             int64_t num_tokens, int64_t num_blocks) const;
   void ApplyStructure(const v1::StepRequest& request);
   absl::Status RunForward(const v1::StepRequest& request, v1::StepStats* stats);
-  // True when every sequence sampled in this step can be sampled by the backend on its device
-  // (Backend::samples_on_device, and no penalties or logprobs, which need the host sampler).
-  bool SamplesOnDevice(const v1::StepRequest& request) const;
+  // Penalties and logprobs need the host Sampler; the rest a backend may sample on its device.
+  static bool NeedsHostSampler(const SamplingParams& params);
+  // One token per sampled work entry: on the device where the backend can and the sequence allows
+  // (Backend::samples_on_device, !NeedsHostSampler), else on the host from the rows' logits.
   absl::Status SampleTokens(const v1::StepRequest& request, v1::StepResponse* response);
   static void AddTokens(Sequence& seq, std::span<const int32_t> token_ids);
   absl::Status FailDataPlane(int64_t step_id, absl::Status status);
@@ -151,11 +152,13 @@ class WorkerRuntime {
   mutable absl::flat_hash_map<int64_t, const v1::NewSequence*> validate_created_;
   std::vector<BatchEntry> batch_;
   ForwardOutput forward_output_;
-  bool sample_on_device_ = false;  // this step's choice (SamplesOnDevice)
   SampledToken sampled_;
   std::vector<int64_t> device_rows_;
   std::vector<DeviceSamplingRow> device_params_;
   std::vector<int32_t> device_tokens_;
+  std::vector<int32_t> host_rows_;   // logits rows for the host sampler
+  Tensor host_rows_buffer_;          // those rows gathered on the device (F32), grown as needed
+  std::vector<float> gathered_logits_;
 };
 
 // SamplingParams from the coordinator's resolved sampling (has_seed is set: the coordinator has

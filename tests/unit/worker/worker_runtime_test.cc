@@ -398,16 +398,18 @@ v1::WorkerSampling Seeded(uint64_t seed) {
   return sampling;
 }
 
-// A backend that samples on its device gets the sequences without penalties or logprobs, and
-// picks the same tokens as the host sampler; the others stay on the host.
+// A backend that samples on its device gets the sequences without penalties or logprobs and
+// picks the same tokens as the host sampler; the others are sampled on the host from their rows'
+// logits, copied back alone, in the same steps.
 TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
   v1::WorkerSampling greedy = Greedy();
   greedy.set_num_logprobs(0);
   v1::WorkerSampling penalised = Seeded(5);
   penalised.set_repetition_penalty(1.3f);
+  penalised.set_frequency_penalty(0.5f);
   v1::WorkerSampling with_logprobs = Seeded(9);
-  with_logprobs.set_num_logprobs(1);
-  // seq -> (rank, prompt, sampling)
+  with_logprobs.set_num_logprobs(2);
+  // seq -> (rank, prompt, sampling); 4 and 5 need the host sampler.
   struct Seq {
     int rank;
     std::vector<int32_t> prompt;
@@ -418,26 +420,22 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
                                        {3, {0, {5, 6, 7}, Seeded(12)}},
                                        {4, {1, {8, 9, 10, 11}, penalised}},
                                        {5, {1, {40, 41}, with_logprobs}}};
-  // Returns the tokens per sequence: a prefill step, then 4 decode steps.
-  auto run = [&](bool device_like, bool host_only_seqs) {
+  // The tokens (and the first logprob of seq 5) per sequence: a prefill step, 4 decode steps.
+  auto run = [&](bool device_like) {
     MakeRuntimes(device_like);
     LoadAll();
-    std::map<int64_t, int32_t> next_block;
     std::vector<PlanBuilder> prefill = {PlanBuilder(0), PlanBuilder(0)};
     for (const auto& [id, seq] : seqs) {
-      if (!host_only_seqs && id >= 4) continue;
       const int32_t first_block = static_cast<int32_t>(id * 4);
       prefill[seq.rank]
-          .New(id, static_cast<int64_t>(seq.prompt.size()), {}, {first_block, first_block + 1,
-                                                                  first_block + 2, first_block + 3},
-               seq.sampling)
+          .New(id, static_cast<int64_t>(seq.prompt.size()), {},
+               {first_block, first_block + 1, first_block + 2, first_block + 3}, seq.sampling)
           .Work(id, 0, seq.prompt, {}, true);
     }
     StepOk(prefill);
     for (int64_t step = 1; step <= 4; ++step) {
       std::vector<PlanBuilder> plans = {PlanBuilder(step), PlanBuilder(step)};
       for (const auto& [id, seq] : seqs) {
-        if (!host_only_seqs && id >= 4) continue;
         plans[seq.rank].Work(id, static_cast<int64_t>(seq.prompt.size()) + step - 1, {Last(id)},
                              {}, true);
       }
@@ -447,30 +445,23 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
     for (const auto& [id, got] : sampled_) {
       for (const v1::SampledToken& token : got) tokens[id].push_back(token.token_id());
     }
-    return tokens;
+    return std::make_pair(tokens, sampled_[5][0]);
   };
 
-  // Only device-sampleable sequences: every row is sampled by the backend.
-  const auto host = run(false, false);
-  const auto device = run(true, false);
-  ASSERT_EQ(host.size(), 3u);
+  const auto [host, host_first] = run(false);
+  const auto [device, device_first] = run(true);
+  ASSERT_EQ(host.size(), seqs.size());
   EXPECT_EQ(device, host);
-  int64_t rows_on_device = 0;
-  for (const testing::DeviceLikeBackend* backend : device_backends_) {
-    ASSERT_NE(backend, nullptr);
-    rows_on_device += backend->num_rows_sampled();
-  }
-  EXPECT_EQ(rows_on_device, 3 * 5);  // 3 sequences, 5 steps
-
-  // With penalties or logprobs in a step, that rank samples its step on the host: same tokens,
-  // and the logprobs come back.
-  const auto host_mixed = run(false, true);
-  const auto device_mixed = run(true, true);
-  EXPECT_EQ(device_mixed, host_mixed);
-  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 0);  // rank 1 always has seq 4 and 5
+  // Rank 0 holds only device-sampleable sequences (1, 3), rank 1 one (2) beside two host ones.
+  ASSERT_NE(device_backends_[0], nullptr);
+  ASSERT_NE(device_backends_[1], nullptr);
   EXPECT_EQ(device_backends_[0]->num_rows_sampled(), 2 * 5);
-  ASSERT_EQ(sampled_[5].size(), 5u);
-  EXPECT_LT(sampled_[5][0].logprob(), 0.0f);
+  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 1 * 5);
+  // The host rows came back with their logprobs.
+  EXPECT_LT(device_first.logprob(), 0.0f);
+  EXPECT_FLOAT_EQ(device_first.logprob(), host_first.logprob());
+  ASSERT_EQ(device_first.top_token_ids_size(), 2);
+  EXPECT_EQ(device_first.top_token_ids(0), host_first.top_token_ids(0));
 }
 
 }  // namespace
