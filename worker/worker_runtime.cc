@@ -361,9 +361,31 @@ absl::Status WorkerRuntime::RunForward(const v1::StepRequest& request, v1::StepS
   return absl::OkStatus();
 }
 
-bool WorkerRuntime::NeedsHostSampler(const SamplingParams& p) {
-  return p.num_logprobs > 0 || p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f ||
-         p.frequency_penalty != 0.0f;
+bool WorkerRuntime::NeedsHostSampler(const SamplingParams& p) { return p.num_logprobs > 0; }
+
+bool WorkerRuntime::HasPenalties(const SamplingParams& p) {
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+}
+
+void WorkerRuntime::AddPenaltyRow(int64_t row, const SamplingParams& p, const TokenCounts& counts) {
+  PenaltyRow& penalty = penalty_rows_.emplace_back();
+  penalty.row = row;
+  penalty.repetition = p.repetition_penalty;
+  penalty.frequency = p.frequency_penalty;
+  penalty.presence = p.presence_penalty;
+  penalty.first_token = static_cast<int32_t>(penalty_tokens_.size());
+  // Each distinct token once: the prompt's (with their output counts), then output-only ones.
+  const auto& output = counts.output_counts();
+  for (int32_t token_id : counts.prompt_tokens()) {
+    auto it = output.find(token_id);
+    penalty_tokens_.push_back(PenaltyToken{token_id, it == output.end() ? 0 : it->second});
+  }
+  for (const auto& [token_id, count] : output) {
+    if (!counts.prompt_tokens().contains(token_id)) {
+      penalty_tokens_.push_back(PenaltyToken{token_id, count});
+    }
+  }
+  penalty.num_tokens = static_cast<int32_t>(penalty_tokens_.size()) - penalty.first_token;
 }
 
 absl::Status WorkerRuntime::SampleTokens(const v1::StepRequest& request,
@@ -376,11 +398,16 @@ absl::Status WorkerRuntime::SampleTokens(const v1::StepRequest& request,
   device_rows_.clear();
   device_params_.clear();
   host_rows_.clear();
+  penalty_rows_.clear();
+  penalty_tokens_.clear();
   for (int i = 0; i < request.work_size(); ++i) {
     const v1::SequenceWork& work = request.work(i);
     if (!work.sample()) continue;
     const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
     if (on_device && !NeedsHostSampler(p)) {
+      if (HasPenalties(p)) {
+        AddPenaltyRow(forward_output_.first_row[i], p, sequences_.at(work.seq_id())->counts);
+      }
       device_rows_.push_back(forward_output_.first_row[i]);
       device_params_.push_back(DeviceSamplingRow{
           p.temperature, p.top_k, p.top_p, p.min_p, p.seed,
@@ -394,6 +421,12 @@ absl::Status WorkerRuntime::SampleTokens(const v1::StepRequest& request,
                                                     " sampling: ", status.message()));
   };
   device_tokens_.resize(device_rows_.size());
+  if (!penalty_rows_.empty()) {
+    // In place: these rows are sampled right after, and no host row shares them.
+    absl::Status status =
+        backend.ApplyPenalties(forward_output_.device_logits, penalty_rows_, penalty_tokens_);
+    if (!status.ok()) return fail(status);
+  }
   if (!device_rows_.empty()) {
     absl::Status status = backend.SampleTokens(forward_output_.device_logits, device_rows_,
                                                device_params_, device_tokens_);

@@ -124,8 +124,12 @@ class WorkerRuntime {
                             int64_t num_tokens, int64_t num_blocks) const;
   void ApplyStructure(const v1::StepRequest& request);
   absl::Status RunForward(const v1::StepRequest& request, v1::StepStats* stats);
-  // Penalties and logprobs need the host Sampler; the rest a backend may sample on its device.
+  // Logprobs (of the raw logits) need the host Sampler; the rest a backend may sample on its
+  // device, penalties applied there first.
   static bool NeedsHostSampler(const SamplingParams& params);
+  static bool HasPenalties(const SamplingParams& params);
+  // Appends the penalties of `row` (penalty_rows_, penalty_tokens_) from the sequence's history.
+  void AddPenaltyRow(int64_t row, const SamplingParams& params, const TokenCounts& counts);
   // One token per sampled work entry: on the device where the backend can and the sequence allows
   // (Backend::samples_on_device, !NeedsHostSampler), else on the host from the rows' logits.
   absl::Status SampleTokens(const v1::StepRequest& request, v1::StepResponse* response);
@@ -157,6 +161,8 @@ class WorkerRuntime {
   std::vector<DeviceSamplingRow> device_params_;
   std::vector<int32_t> device_tokens_;
   std::vector<int32_t> host_rows_;   // logits rows for the host sampler
+  std::vector<PenaltyRow> penalty_rows_;
+  std::vector<PenaltyToken> penalty_tokens_;
   Tensor host_rows_buffer_;          // those rows gathered on the device (F32), grown as needed
   std::vector<float> gathered_logits_;
 };

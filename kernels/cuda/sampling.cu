@@ -293,6 +293,40 @@ cudaError_t LaunchSampleTokens(const float* logits, int64_t num_rows, int64_t vo
   return cudaGetLastError();
 }
 
+namespace {
+
+__global__ void __launch_bounds__(kThreads)
+    PenaltiesKernel(float* logits, int64_t vocab_size, const PenaltyRowParams* rows,
+                    const PenaltyEntry* entries) {
+  const PenaltyRowParams p = rows[blockIdx.x];
+  float* row = logits + p.row * vocab_size;
+  for (int32_t e = threadIdx.x; e < p.num_entries; e += kThreads) {
+    const PenaltyEntry entry = entries[p.first_entry + e];
+    if (entry.token_id < 0 || entry.token_id >= vocab_size) continue;
+    float logit = row[entry.token_id];
+    if (p.repetition != 1.0f) {
+      logit = logit > 0.0f ? __fdiv_rn(logit, p.repetition) : __fmul_rn(logit, p.repetition);
+    }
+    if (entry.output_count > 0) {
+      logit = __fsub_rn(logit, __fmul_rn(p.frequency, static_cast<float>(entry.output_count)));
+      logit = __fsub_rn(logit, p.presence);
+    }
+    row[entry.token_id] = logit;
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchApplyPenalties(float* logits, int64_t vocab_size, const PenaltyRowParams* rows,
+                                 int64_t num_rows, const PenaltyEntry* entries,
+                                 cudaStream_t stream) {
+  if (num_rows == 0) return cudaSuccess;
+  if (!internal::FitsGridX(num_rows) || vocab_size <= 0) return cudaErrorInvalidValue;
+  PenaltiesKernel<<<static_cast<unsigned>(num_rows), kThreads, 0, stream>>>(logits, vocab_size,
+                                                                            rows, entries);
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchArgmax(const float* logits, int64_t num_rows, int64_t vocab_size,
                          int32_t* token_ids, cudaStream_t stream) {
   if (num_rows == 0) return cudaSuccess;

@@ -38,6 +38,30 @@ cudaError_t LaunchSampleTokens(const float* logits, int64_t num_rows, int64_t vo
                                const SamplingRowParams* params, void* workspace,
                                size_t workspace_bytes, int32_t* token_ids, cudaStream_t stream);
 
+// Penalties of one logits row (worker/sampler.h semantics): its tokens are
+// entries[first_entry, first_entry + num_entries), each listed once.
+struct PenaltyRowParams {
+  int64_t row = 0;  // row of the logits array
+  float repetition = 1.0f;
+  float frequency = 0.0f;
+  float presence = 0.0f;
+  int32_t first_entry = 0;
+  int32_t num_entries = 0;
+};
+// A token of the prompt or the output of a sequence: output_count 0 = prompt only.
+struct PenaltyEntry {
+  int32_t token_id = 0;
+  int32_t output_count = 0;
+};
+
+// In place on logits [*, vocab_size], per listed token: repetition (logit > 0: / r, else * r),
+// then for output tokens logit -= frequency * count, then logit -= presence; each step rounded as
+// the host sampler rounds it (no fused multiply-add). One block per row. Token ids outside
+// [0, vocab_size) are skipped.
+cudaError_t LaunchApplyPenalties(float* logits, int64_t vocab_size, const PenaltyRowParams* rows,
+                                 int64_t num_rows, const PenaltyEntry* entries,
+                                 cudaStream_t stream);
+
 // token_ids[r] = argmax of logits[r, :] (ties to the lowest id). No workspace.
 cudaError_t LaunchArgmax(const float* logits, int64_t num_rows, int64_t vocab_size,
                          int32_t* token_ids, cudaStream_t stream);

@@ -67,6 +67,41 @@ TEST(CudaSampleTokensTest, PicksTheHostSamplersTokens) {
   }
 }
 
+TEST(CudaApplyPenaltiesTest, EqualsTheCpuBackendBitForBit) {
+  SY_SKIP_WITHOUT_GPU();
+  auto gpu = MakeCudaBackend();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  const int64_t num_rows = 5, vocab = 700;
+  const std::vector<float> host = testing::RandomNormal(num_rows * vocab, 9, 2.0f);
+  std::vector<PenaltyRow> rows;
+  std::vector<PenaltyToken> tokens;
+  for (int64_t r : {0, 2, 3}) {  // rows 1 and 4 untouched
+    PenaltyRow& row = rows.emplace_back();
+    row.row = r;
+    row.repetition = r == 3 ? 1.0f : 1.3f;
+    row.frequency = 0.25f * static_cast<float>(r);
+    row.presence = r == 2 ? -0.75f : 0.5f;
+    row.first_token = static_cast<int32_t>(tokens.size());
+    for (int32_t i = 0; i < 300; ++i) {  // distinct ids, some prompt-only, one out of range
+      const int32_t id = i == 299 ? static_cast<int32_t>(vocab) + 1 : (i * 7 + 3 * r) % vocab;
+      tokens.push_back(PenaltyToken{id, i % 3 == 0 ? 0 : i % 5 + 1});
+    }
+    row.num_tokens = static_cast<int32_t>(tokens.size()) - row.first_token;
+  }
+  std::vector<std::vector<float>> results;
+  for (Backend* backend : {gpu->get(), cpu.get()}) {
+    absl::StatusOr<Tensor> logits = backend->Empty(DType::kF32, {num_rows, vocab});
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_TRUE(backend->CopyFromHost(host, *logits).ok());
+    ASSERT_TRUE(backend->ApplyPenalties(*logits, rows, tokens).ok()) << backend->name();
+    std::vector<float>& out = results.emplace_back(num_rows * vocab);
+    ASSERT_TRUE(backend->CopyToHost(*logits, out).ok());
+  }
+  EXPECT_EQ(results[0], results[1]);
+  EXPECT_NE(results[1], host);
+}
+
 class CudaExpertParallelTest
     : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
 

@@ -44,6 +44,22 @@ struct DeviceSamplingRow {
   uint64_t position = 0;
 };
 
+// Penalties of one logits row for Backend::ApplyPenalties: the row's tokens are
+// tokens[first_token, first_token + num_tokens).
+struct PenaltyRow {
+  int64_t row = 0;
+  float repetition = 1.0f;
+  float frequency = 0.0f;
+  float presence = 0.0f;
+  int32_t first_token = 0;
+  int32_t num_tokens = 0;
+};
+// A distinct token of a sequence's prompt or output: output_count 0 = prompt only.
+struct PenaltyToken {
+  int32_t token_id = 0;
+  int32_t output_count = 0;
+};
+
 // One backend instance per worker; not thread-safe (one engine thread drives it).
 class Backend {
  public:
@@ -129,6 +145,13 @@ class Backend {
   virtual absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                                    std::span<const float> weights, int64_t k,
                                    const Tensor& out) = 0;
+
+  // In place on logits (F32 [R, vocab]), for each row's listed tokens, the penalties of
+  // Sampler::Sample: repetition (logit > 0: / r, else * r; prompt and output tokens), then for
+  // output tokens logit -= frequency * count and logit -= presence. Each token listed once per
+  // row; ids outside the vocabulary are skipped.
+  virtual absl::Status ApplyPenalties(const Tensor& logits, std::span<const PenaltyRow> rows,
+                                      std::span<const PenaltyToken> tokens) = 0;
 
   // True when SampleTokens runs here, so that the logits need not be copied to the host.
   virtual bool samples_on_device() const { return false; }

@@ -221,6 +221,24 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status ApplyPenalties(const Tensor& logits, std::span<const PenaltyRow> rows,
+                              std::span<const PenaltyToken> tokens) override {
+    const int64_t vocab = Cols(logits);
+    for (const PenaltyRow& p : rows) {
+      float* row = F(logits) + p.row * vocab;
+      for (const PenaltyToken& token : tokens.subspan(p.first_token, p.num_tokens)) {
+        if (token.token_id < 0 || token.token_id >= vocab) continue;
+        float& logit = row[token.token_id];
+        if (p.repetition != 1.0f) logit = logit > 0.0f ? logit / p.repetition : logit * p.repetition;
+        if (token.output_count > 0) {
+          logit -= p.frequency * static_cast<float>(token.output_count);
+          logit -= p.presence;
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+
  private:
   // One Linear (or MatMul) per non-empty group on row views, so results match the ungrouped ops
   // bit for bit.

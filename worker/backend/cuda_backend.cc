@@ -72,7 +72,8 @@ struct CudaContext {
 
 // Host arrays copied to the device, one growable buffer per purpose.
 enum UploadSlot {
-  kIds, kPositions, kInvFreq, kSlots, kAttnPlan, kRowIdx, kRowScale, kSamplingParams, kNumUploadSlots
+  kIds, kPositions, kInvFreq, kSlots, kAttnPlan, kRowIdx, kRowScale, kSamplingParams,
+  kPenaltyRows, kPenaltyTokens, kNumUploadSlots
 };
 
 class CudaBackend final : public Backend {
@@ -338,6 +339,30 @@ class CudaBackend final : public Backend {
 
   bool samples_on_device() const override { return true; }
 
+  absl::Status ApplyPenalties(const Tensor& logits, std::span<const PenaltyRow> rows,
+                              std::span<const PenaltyToken> tokens) override {
+    SY_RETURN_IF_ERROR(CheckDType(logits, DType::kF32, "ApplyPenalties"));
+    if (rows.empty()) return absl::OkStatus();
+    penalty_rows_.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const PenaltyRow& p = rows[i];
+      penalty_rows_[i] = kc::PenaltyRowParams{p.row, p.repetition, p.frequency, p.presence,
+                                              p.first_token, p.num_tokens};
+    }
+    penalty_tokens_.resize(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      penalty_tokens_[i] = kc::PenaltyEntry{tokens[i].token_id, tokens[i].output_count};
+    }
+    SY_ASSIGN_OR_RETURN(const kc::PenaltyRowParams* d_rows,
+                        Upload(kPenaltyRows, std::span<const kc::PenaltyRowParams>(penalty_rows_)));
+    SY_ASSIGN_OR_RETURN(const kc::PenaltyEntry* d_tokens,
+                        Upload(kPenaltyTokens, std::span<const kc::PenaltyEntry>(penalty_tokens_)));
+    return CudaStatus(kc::LaunchApplyPenalties(P<float>(logits), Cols(logits), d_rows,
+                                               static_cast<int64_t>(rows.size()), d_tokens,
+                                               ctx_->stream),
+                      "LaunchApplyPenalties");
+  }
+
   absl::Status SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
                             std::span<const DeviceSamplingRow> params,
                             std::span<int32_t> token_ids) override;
@@ -483,6 +508,8 @@ class CudaBackend final : public Backend {
   DeviceBuffer sample_logits_, sample_ids_, sample_workspace_;
   std::vector<int32_t> sample_rows_;
   std::vector<kc::SamplingRowParams> sample_params_;
+  std::vector<kc::PenaltyRowParams> penalty_rows_;
+  std::vector<kc::PenaltyEntry> penalty_tokens_;
   void* pinned_ = nullptr;
   size_t pinned_bytes_ = 0;
   std::vector<uint16_t> host_bf16_;

@@ -138,6 +138,13 @@ absl::Status DeviceLikeBackend::CombineRows(const Tensor& rows, std::span<const 
   return inner_->CombineRows(rows, row_of, weights, k, out);
 }
 
+absl::Status DeviceLikeBackend::ApplyPenalties(const Tensor& logits,
+                                               std::span<const PenaltyRow> rows,
+                                               std::span<const PenaltyToken> tokens) {
+  num_rows_penalized_ += static_cast<int64_t>(rows.size());
+  return inner_->ApplyPenalties(logits, rows, tokens);
+}
+
 absl::Status DeviceLikeBackend::SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
                                              std::span<const DeviceSamplingRow> params,
                                              std::span<int32_t> token_ids) {

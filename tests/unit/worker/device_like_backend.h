@@ -31,6 +31,7 @@ class DeviceLikeBackend final : public Backend {
   int64_t num_synchronizes() const { return num_synchronizes_.load(); }
   int64_t num_bytes_to_host() const { return num_bytes_to_host_.load(); }
   int64_t num_rows_sampled() const { return num_rows_sampled_.load(); }
+  int64_t num_rows_penalized() const { return num_rows_penalized_.load(); }
 
   BackendKind kind() const override { return inner_->kind(); }
   std::string_view name() const override { return "device-like"; }
@@ -75,6 +76,8 @@ class DeviceLikeBackend final : public Backend {
                           std::span<const float> row_scale, const Tensor& out) override;
   absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                            std::span<const float> weights, int64_t k, const Tensor& out) override;
+  absl::Status ApplyPenalties(const Tensor& logits, std::span<const PenaltyRow> rows,
+                              std::span<const PenaltyToken> tokens) override;
   bool samples_on_device() const override { return true; }
   absl::Status SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
                             std::span<const DeviceSamplingRow> params,
@@ -91,6 +94,7 @@ class DeviceLikeBackend final : public Backend {
   std::atomic<int64_t> num_synchronizes_{0};
   std::atomic<int64_t> num_bytes_to_host_{0};
   std::atomic<int64_t> num_rows_sampled_{0};
+  std::atomic<int64_t> num_rows_penalized_{0};
 };
 
 class MemoryCheckingCommunicator final : public Communicator {

@@ -409,7 +409,8 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
   penalised.set_frequency_penalty(0.5f);
   v1::WorkerSampling with_logprobs = Seeded(9);
   with_logprobs.set_num_logprobs(2);
-  // seq -> (rank, prompt, sampling); 4 and 5 need the host sampler.
+  // seq -> (rank, prompt, sampling); 4 has penalties (applied on the device), 5 asks for logprobs
+  // (the host sampler).
   struct Seq {
     int rank;
     std::vector<int32_t> prompt;
@@ -452,11 +453,14 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
   const auto [device, device_first] = run(true);
   ASSERT_EQ(host.size(), seqs.size());
   EXPECT_EQ(device, host);
-  // Rank 0 holds only device-sampleable sequences (1, 3), rank 1 one (2) beside two host ones.
+  // Rank 0 samples 1 and 3 on the device, rank 1 samples 2 and 4 there (4 with its penalties) and 5
+  // on the host.
   ASSERT_NE(device_backends_[0], nullptr);
   ASSERT_NE(device_backends_[1], nullptr);
   EXPECT_EQ(device_backends_[0]->num_rows_sampled(), 2 * 5);
-  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 1 * 5);
+  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 2 * 5);
+  EXPECT_EQ(device_backends_[0]->num_rows_penalized(), 0);
+  EXPECT_EQ(device_backends_[1]->num_rows_penalized(), 1 * 5);
   // The host rows came back with their logprobs.
   EXPECT_LT(device_first.logprob(), 0.0f);
   EXPECT_FLOAT_EQ(device_first.logprob(), host_first.logprob());
