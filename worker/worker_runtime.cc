@@ -361,8 +361,6 @@ absl::Status WorkerRuntime::RunForward(const v1::StepRequest& request, v1::StepS
   return absl::OkStatus();
 }
 
-bool WorkerRuntime::NeedsHostSampler(const SamplingParams& p) { return p.num_logprobs > 0; }
-
 bool WorkerRuntime::HasPenalties(const SamplingParams& p) {
   return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
 }
@@ -390,87 +388,112 @@ void WorkerRuntime::AddPenaltyRow(int64_t row, const SamplingParams& p, const To
 
 absl::Status WorkerRuntime::SampleTokens(const v1::StepRequest& request,
                                          v1::StepResponse* response) {
+  if (engine_->backend().samples_on_device()) return SampleOnDevice(request, response);
   const int64_t vocab_size = forward_output_.vocab_size;
-  Backend& backend = engine_->backend();
-  const bool on_device = backend.samples_on_device();
-  // Rows the backend samples where the logits are, and rows for the host sampler (penalties and
-  // logprobs), in work order; on a device only the host rows' logits are copied back.
-  device_rows_.clear();
-  device_params_.clear();
-  host_rows_.clear();
-  penalty_rows_.clear();
-  penalty_tokens_.clear();
-  for (int i = 0; i < request.work_size(); ++i) {
-    const v1::SequenceWork& work = request.work(i);
-    if (!work.sample()) continue;
-    const SamplingParams& p = sequences_.at(work.seq_id())->sampling;
-    if (on_device && !NeedsHostSampler(p)) {
-      if (HasPenalties(p)) {
-        AddPenaltyRow(forward_output_.first_row[i], p, sequences_.at(work.seq_id())->counts);
-      }
-      device_rows_.push_back(forward_output_.first_row[i]);
-      device_params_.push_back(DeviceSamplingRow{
-          p.temperature, p.top_k, p.top_p, p.min_p, p.seed,
-          static_cast<uint64_t>(work.start_position() + work.num_tokens())});
-    } else {
-      host_rows_.push_back(static_cast<int32_t>(forward_output_.first_row[i]));
-    }
-  }
-  auto fail = [&](const absl::Status& status) {
-    return absl::Status(status.code(), absl::StrCat("step ", request.step_id(), " rank ", rank_,
-                                                    " sampling: ", status.message()));
-  };
-  device_tokens_.resize(device_rows_.size());
-  if (!penalty_rows_.empty()) {
-    // In place: these rows are sampled right after, and no host row shares them.
-    absl::Status status =
-        backend.ApplyPenalties(forward_output_.device_logits, penalty_rows_, penalty_tokens_);
-    if (!status.ok()) return fail(status);
-  }
-  if (!device_rows_.empty()) {
-    absl::Status status = backend.SampleTokens(forward_output_.device_logits, device_rows_,
-                                               device_params_, device_tokens_);
-    if (!status.ok()) return fail(status);
-  }
-  // The host rows' logits: in place on the host, or gathered on the device and copied back once.
-  float* host_logits = forward_output_.logits.data();
-  if (on_device && !host_rows_.empty()) {
-    const int64_t n = static_cast<int64_t>(host_rows_.size());
-    if (host_rows_buffer_.empty() || host_rows_buffer_.dim(0) < n ||
-        host_rows_buffer_.dim(1) != vocab_size) {
-      absl::StatusOr<Tensor> buffer = backend.Empty(DType::kF32, {n, vocab_size});
-      if (!buffer.ok()) return fail(buffer.status());
-      host_rows_buffer_ = *std::move(buffer);
-    }
-    const Tensor gathered = host_rows_buffer_.Rows(0, n);
-    absl::Status status =
-        backend.GatherRows(forward_output_.device_logits, host_rows_, {}, gathered);
-    gathered_logits_.resize(n * vocab_size);
-    if (status.ok()) status = backend.CopyToHost(gathered, gathered_logits_);
-    if (!status.ok()) return fail(status);
-    host_logits = gathered_logits_.data();
-  }
-  size_t next_device = 0, next_host = 0;
   for (int i = 0; i < request.work_size(); ++i) {
     const v1::SequenceWork& work = request.work(i);
     if (!work.sample()) continue;
     const Sequence& seq = *sequences_.at(work.seq_id());
-    v1::SampledToken* token = response->add_tokens();
-    token->set_seq_id(work.seq_id());
-    if (on_device && !NeedsHostSampler(seq.sampling)) {
-      token->set_token_id(device_tokens_[next_device++]);  // no logprob: none was asked for
-      continue;
-    }
-    const int64_t row = on_device ? static_cast<int64_t>(next_host) : forward_output_.first_row[i];
-    ++next_host;
-    std::span<float> logits(host_logits + row * vocab_size, static_cast<size_t>(vocab_size));
+    std::span<float> logits(forward_output_.logits.data() + forward_output_.first_row[i] * vocab_size,
+                            static_cast<size_t>(vocab_size));
     const uint64_t position = static_cast<uint64_t>(work.start_position() + work.num_tokens());
     sampler_->Sample(logits, seq.sampling, seq.counts, position, &sampled_);
+    v1::SampledToken* token = response->add_tokens();
+    token->set_seq_id(work.seq_id());
     token->set_token_id(sampled_.token_id);
     token->set_logprob(sampled_.logprob);
     for (const auto& [id, logprob] : sampled_.top_logprobs) {
       token->add_top_token_ids(id);
       token->add_top_logprobs(logprob);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WorkerRuntime::SampleOnDevice(const v1::StepRequest& request,
+                                           v1::StepResponse* response) {
+  Backend& backend = engine_->backend();
+  const int64_t vocab_size = forward_output_.vocab_size;
+  device_rows_.clear();
+  device_params_.clear();
+  penalty_rows_.clear();
+  penalty_tokens_.clear();
+  logprob_rows_.clear();
+  logprob_of_.clear();
+  int32_t num_top = 0;
+  for (int i = 0; i < request.work_size(); ++i) {
+    const v1::SequenceWork& work = request.work(i);
+    if (!work.sample()) continue;
+    const Sequence& seq = *sequences_.at(work.seq_id());
+    const SamplingParams& p = seq.sampling;
+    const int64_t row = forward_output_.first_row[i];
+    if (HasPenalties(p)) AddPenaltyRow(row, p, seq.counts);
+    logprob_of_.push_back(p.num_logprobs > 0 ? static_cast<int32_t>(logprob_rows_.size()) : -1);
+    if (p.num_logprobs > 0) {
+      logprob_rows_.push_back(static_cast<int32_t>(row));
+      num_top = std::max(num_top, p.num_logprobs);
+    }
+    device_rows_.push_back(row);
+    device_params_.push_back(DeviceSamplingRow{
+        p.temperature, p.top_k, p.top_p, p.min_p, p.seed,
+        static_cast<uint64_t>(work.start_position() + work.num_tokens())});
+  }
+  if (device_rows_.empty()) return absl::OkStatus();
+  auto fail = [&](const absl::Status& status) {
+    return absl::Status(status.code(), absl::StrCat("step ", request.step_id(), " rank ", rank_,
+                                                    " sampling: ", status.message()));
+  };
+  // Logprobs are of the raw logits: keep a copy of those rows before the penalties change them.
+  const int64_t num_logprob_rows = static_cast<int64_t>(logprob_rows_.size());
+  Tensor raw;
+  if (num_logprob_rows > 0) {
+    if (raw_logits_.empty() || raw_logits_.dim(0) < num_logprob_rows ||
+        raw_logits_.dim(1) != vocab_size) {
+      absl::StatusOr<Tensor> buffer = backend.Empty(DType::kF32, {num_logprob_rows, vocab_size});
+      if (!buffer.ok()) return fail(buffer.status());
+      raw_logits_ = *std::move(buffer);
+    }
+    raw = raw_logits_.Rows(0, num_logprob_rows);
+    absl::Status status =
+        backend.GatherRows(forward_output_.device_logits, logprob_rows_, {}, raw);
+    if (!status.ok()) return fail(status);
+  }
+  if (!penalty_rows_.empty()) {
+    absl::Status status =
+        backend.ApplyPenalties(forward_output_.device_logits, penalty_rows_, penalty_tokens_);
+    if (!status.ok()) return fail(status);
+  }
+  device_tokens_.resize(device_rows_.size());
+  absl::Status status = backend.SampleTokens(forward_output_.device_logits, device_rows_,
+                                             device_params_, device_tokens_);
+  if (!status.ok()) return fail(status);
+  if (num_logprob_rows > 0) {
+    logprob_index_.resize(num_logprob_rows);
+    logprob_chosen_.resize(num_logprob_rows);
+    for (int64_t r = 0; r < num_logprob_rows; ++r) logprob_index_[r] = r;
+    for (size_t i = 0; i < logprob_of_.size(); ++i) {
+      if (logprob_of_[i] >= 0) logprob_chosen_[logprob_of_[i]] = device_tokens_[i];
+    }
+    chosen_logprobs_.resize(num_logprob_rows);
+    top_ids_.resize(num_logprob_rows * num_top);
+    top_logprobs_.resize(num_logprob_rows * num_top);
+    status = backend.Logprobs(raw, logprob_index_, logprob_chosen_, num_top, chosen_logprobs_,
+                              top_ids_, top_logprobs_);
+    if (!status.ok()) return fail(status);
+  }
+  size_t next = 0;
+  for (const v1::SequenceWork& work : request.work()) {
+    if (!work.sample()) continue;
+    v1::SampledToken* token = response->add_tokens();
+    token->set_seq_id(work.seq_id());
+    token->set_token_id(device_tokens_[next]);
+    const int32_t lp = logprob_of_[next++];
+    if (lp < 0) continue;  // no logprob: none was asked for
+    token->set_logprob(chosen_logprobs_[lp]);
+    const int32_t wanted = sequences_.at(work.seq_id())->sampling.num_logprobs;
+    for (int32_t j = 0; j < wanted; ++j) {
+      token->add_top_token_ids(top_ids_[lp * num_top + j]);
+      token->add_top_logprobs(top_logprobs_[lp * num_top + j]);
     }
   }
   return absl::OkStatus();

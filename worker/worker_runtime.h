@@ -124,15 +124,15 @@ class WorkerRuntime {
                             int64_t num_tokens, int64_t num_blocks) const;
   void ApplyStructure(const v1::StepRequest& request);
   absl::Status RunForward(const v1::StepRequest& request, v1::StepStats* stats);
-  // Logprobs (of the raw logits) need the host Sampler; the rest a backend may sample on its
-  // device, penalties applied there first.
-  static bool NeedsHostSampler(const SamplingParams& params);
   static bool HasPenalties(const SamplingParams& params);
   // Appends the penalties of `row` (penalty_rows_, penalty_tokens_) from the sequence's history.
   void AddPenaltyRow(int64_t row, const SamplingParams& params, const TokenCounts& counts);
-  // One token per sampled work entry: on the device where the backend can and the sequence allows
-  // (Backend::samples_on_device, !NeedsHostSampler), else on the host from the rows' logits.
+  // One token per sampled work entry (with its logprobs when asked): on the host from the step's
+  // logits, or, where Backend::samples_on_device, by SampleOnDevice.
   absl::Status SampleTokens(const v1::StepRequest& request, v1::StepResponse* response);
+  // On the device: logprob rows copied raw, penalties applied in place, every row sampled, then
+  // the logprobs of the copies; only ids and logprobs come back.
+  absl::Status SampleOnDevice(const v1::StepRequest& request, v1::StepResponse* response);
   static void AddTokens(Sequence& seq, std::span<const int32_t> token_ids);
   absl::Status FailDataPlane(int64_t step_id, absl::Status status);
 
@@ -160,11 +160,15 @@ class WorkerRuntime {
   std::vector<int64_t> device_rows_;
   std::vector<DeviceSamplingRow> device_params_;
   std::vector<int32_t> device_tokens_;
-  std::vector<int32_t> host_rows_;   // logits rows for the host sampler
   std::vector<PenaltyRow> penalty_rows_;
   std::vector<PenaltyToken> penalty_tokens_;
-  Tensor host_rows_buffer_;          // those rows gathered on the device (F32), grown as needed
-  std::vector<float> gathered_logits_;
+  std::vector<int32_t> logprob_rows_;   // logits rows whose sequences want logprobs
+  std::vector<int32_t> logprob_of_;     // per sampled entry: its index in logprob_rows_, or -1
+  std::vector<int64_t> logprob_index_;  // 0..n-1: rows of raw_logits_
+  std::vector<int32_t> logprob_chosen_;
+  std::vector<float> chosen_logprobs_, top_logprobs_;
+  std::vector<int32_t> top_ids_;
+  Tensor raw_logits_;  // the logprob rows before penalties (F32, backend memory), grown as needed
 };
 
 // SamplingParams from the coordinator's resolved sampling (has_seed is set: the coordinator has

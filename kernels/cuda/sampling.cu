@@ -315,7 +315,88 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// A (logit, id) candidate; "better" = larger logit, then lower id.
+struct Candidate {
+  float logit;
+  int32_t id;
+};
+struct BetterOf {
+  __device__ Candidate operator()(const Candidate& a, const Candidate& b) const {
+    if (a.id < 0) return b;
+    if (b.id < 0) return a;
+    return (a.logit > b.logit || (a.logit == b.logit && a.id < b.id)) ? a : b;
+  }
+};
+struct MaxOf {
+  __device__ float operator()(float a, float b) const { return a > b ? a : b; }
+};
+
+__global__ void __launch_bounds__(kThreads)
+    LogprobsKernel(const float* logits, int64_t vocab_size, const int64_t* rows,
+                   const int32_t* chosen, int32_t num_top, float* chosen_logprob,
+                   int32_t* top_ids, float* top_logprobs) {
+  __shared__ typename cub::BlockReduce<float, kThreads>::TempStorage reduce_f;
+  __shared__ typename cub::BlockReduce<double, kThreads>::TempStorage reduce_d;
+  __shared__ typename cub::BlockReduce<Candidate, kThreads>::TempStorage reduce_c;
+  __shared__ float row_max;
+  __shared__ double log_z;
+  __shared__ Candidate previous;
+  const int64_t r = blockIdx.x;
+  const float* row = logits + rows[r] * vocab_size;
+  float local_max = -INFINITY;
+  for (int64_t v = threadIdx.x; v < vocab_size; v += kThreads) local_max = fmaxf(local_max, row[v]);
+  const float block_max = cub::BlockReduce<float, kThreads>(reduce_f).Reduce(local_max, MaxOf());
+  if (threadIdx.x == 0) row_max = block_max;
+  __syncthreads();
+  double local_sum = 0.0;
+  if (!isinf(row_max)) {
+    for (int64_t v = threadIdx.x; v < vocab_size; v += kThreads) {
+      local_sum += exp(static_cast<double>(row[v]) - static_cast<double>(row_max));
+    }
+  }
+  const double sum = cub::BlockReduce<double, kThreads>(reduce_d).Sum(local_sum);
+  if (threadIdx.x == 0) {
+    log_z = isinf(row_max) ? static_cast<double>(row_max) : row_max + log(sum);
+    chosen_logprob[r] = static_cast<float>(static_cast<double>(row[chosen[r]]) - log_z);
+    previous = Candidate{INFINITY, -1};
+  }
+  __syncthreads();
+  // Pass i finds the best candidate ranked after pass i - 1's pick.
+  for (int32_t i = 0; i < num_top; ++i) {
+    const Candidate after = previous;
+    Candidate best{-INFINITY, -1};
+    for (int64_t v = threadIdx.x; v < vocab_size; v += kThreads) {
+      const Candidate c{row[v], static_cast<int32_t>(v)};
+      const bool ranked_after = after.id < 0 || c.logit < after.logit ||
+                                (c.logit == after.logit && c.id > after.id);
+      if (ranked_after) best = BetterOf()(best, c);
+    }
+    const Candidate pick = cub::BlockReduce<Candidate, kThreads>(reduce_c).Reduce(best, BetterOf());
+    if (threadIdx.x == 0) {
+      top_ids[r * num_top + i] = pick.id;
+      top_logprobs[r * num_top + i] =
+          static_cast<float>(static_cast<double>(pick.logit) - log_z);
+      previous = pick;
+    }
+    __syncthreads();
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchLogprobs(const float* logits, int64_t vocab_size, const int64_t* rows,
+                           int64_t num_rows, const int32_t* chosen, int32_t num_top,
+                           float* chosen_logprob, int32_t* top_ids, float* top_logprobs,
+                           cudaStream_t stream) {
+  if (num_rows == 0) return cudaSuccess;
+  if (!internal::FitsGridX(num_rows) || vocab_size <= 0 || vocab_size > INT_MAX || num_top < 0 ||
+      num_top > vocab_size) {
+    return cudaErrorInvalidValue;
+  }
+  LogprobsKernel<<<static_cast<unsigned>(num_rows), kThreads, 0, stream>>>(
+      logits, vocab_size, rows, chosen, num_top, chosen_logprob, top_ids, top_logprobs);
+  return cudaGetLastError();
+}
 
 cudaError_t LaunchApplyPenalties(float* logits, int64_t vocab_size, const PenaltyRowParams* rows,
                                  int64_t num_rows, const PenaltyEntry* entries,

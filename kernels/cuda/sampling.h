@@ -62,6 +62,16 @@ cudaError_t LaunchApplyPenalties(float* logits, int64_t vocab_size, const Penalt
                                  int64_t num_rows, const PenaltyEntry* entries,
                                  cudaStream_t stream);
 
+// Logprobs of the raw logits, per row r of logits[rows[r], :] (worker/sampler.h semantics):
+// log_z = max + log(sum exp(l - max)) in double; chosen_logprob[r] = l[chosen[r]] - log_z;
+// top_ids[r * num_top + i] and top_logprobs[...] for the num_top largest logits in descending order,
+// ties to the lower id. REQUIRES: 0 <= num_top <= vocab_size, chosen ids in range, no NaN. One block
+// per row (num_top passes over the row).
+cudaError_t LaunchLogprobs(const float* logits, int64_t vocab_size, const int64_t* rows,
+                           int64_t num_rows, const int32_t* chosen, int32_t num_top,
+                           float* chosen_logprob, int32_t* top_ids, float* top_logprobs,
+                           cudaStream_t stream);
+
 // token_ids[r] = argmax of logits[r, :] (ties to the lowest id). No workspace.
 cudaError_t LaunchArgmax(const float* logits, int64_t num_rows, int64_t vocab_size,
                          int32_t* token_ids, cudaStream_t stream);

@@ -102,6 +102,41 @@ TEST(CudaApplyPenaltiesTest, EqualsTheCpuBackendBitForBit) {
   EXPECT_NE(results[1], host);
 }
 
+TEST(CudaLogprobsTest, MatchesTheCpuBackend) {
+  SY_SKIP_WITHOUT_GPU();
+  auto gpu = MakeCudaBackend();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::unique_ptr<Backend> cpu = MakeCpuBackend();
+  const int64_t num_rows = 6, vocab = 5000;
+  std::vector<float> host = testing::RandomNormal(num_rows * vocab, 13, 3.0f);
+  for (int64_t v = 0; v < 40; ++v) host[2 * vocab + v] = 4.25f;  // ties: lower ids first
+  host[4 * vocab + 17] = -INFINITY;                              // masked tokens are fine
+  const std::vector<int64_t> rows = {2, 0, 4, 5};
+  const std::vector<int32_t> chosen = {39, 4999, 0, 1234};
+  const int32_t num_top = 20;
+  std::vector<float> lp[2], top_lp[2];
+  std::vector<int32_t> top_ids[2];
+  int which = 0;
+  for (Backend* backend : {gpu->get(), cpu.get()}) {
+    absl::StatusOr<Tensor> logits = backend->Empty(DType::kF32, {num_rows, vocab});
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ASSERT_TRUE(backend->CopyFromHost(host, *logits).ok());
+    lp[which].resize(rows.size());
+    top_ids[which].resize(rows.size() * num_top);
+    top_lp[which].resize(rows.size() * num_top);
+    ASSERT_TRUE(backend->Logprobs(*logits, rows, chosen, num_top, lp[which], top_ids[which],
+                                  top_lp[which])
+                    .ok())
+        << backend->name();
+    ++which;
+  }
+  EXPECT_EQ(top_ids[0], top_ids[1]);  // the same tokens in the same order, ties included
+  for (size_t i = 0; i < lp[0].size(); ++i) EXPECT_NEAR(lp[0][i], lp[1][i], 1e-5) << i;
+  for (size_t i = 0; i < top_lp[0].size(); ++i) {
+    EXPECT_NEAR(top_lp[0][i], top_lp[1][i], 1e-5) << i;
+  }
+}
+
 class CudaExpertParallelTest
     : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
 

@@ -153,6 +153,16 @@ class Backend {
   virtual absl::Status ApplyPenalties(const Tensor& logits, std::span<const PenaltyRow> rows,
                                       std::span<const PenaltyToken> tokens) = 0;
 
+  // Logprobs of raw logits (F32 [R, vocab]) as Sampler::Sample reports them: for each i,
+  // chosen_logprobs[i] = log_softmax(logits[rows[i]])[chosen[i]] and, in top_ids / top_logprobs
+  // ([n, num_top] row-major), the num_top largest logits of that row in descending order (ties to
+  // the lower id) with their logprobs; log-sum-exp in double. Complete on return.
+  // REQUIRES: 0 <= num_top <= vocab, chosen ids in the vocabulary.
+  virtual absl::Status Logprobs(const Tensor& logits, std::span<const int64_t> rows,
+                                std::span<const int32_t> chosen, int32_t num_top,
+                                std::span<float> chosen_logprobs, std::span<int32_t> top_ids,
+                                std::span<float> top_logprobs) = 0;
+
   // True when SampleTokens runs here, so that the logits need not be copied to the host.
   virtual bool samples_on_device() const { return false; }
   // token_ids[i] = the token sampled from row rows[i] of logits (F32 [R, vocab]) with params[i],

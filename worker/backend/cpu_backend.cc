@@ -239,7 +239,42 @@ class CpuBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status Logprobs(const Tensor& logits, std::span<const int64_t> rows,
+                        std::span<const int32_t> chosen, int32_t num_top,
+                        std::span<float> chosen_logprobs, std::span<int32_t> top_ids,
+                        std::span<float> top_logprobs) override {
+    const int64_t vocab = Cols(logits);
+    SY_CHECK(chosen.size() == rows.size() && chosen_logprobs.size() == rows.size() &&
+             num_top >= 0 && num_top <= vocab &&
+             top_ids.size() == rows.size() * num_top && top_logprobs.size() == top_ids.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const float* row = F(logits) + rows[i] * vocab;
+      // As the host Sampler: the max, then the sum of exp(l - max) in order, in double.
+      const double max_logit = *std::max_element(row, row + vocab);
+      double log_z = max_logit;
+      if (!std::isinf(max_logit)) {
+        double sum = 0.0;
+        for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max_logit);
+        log_z = max_logit + std::log(sum);
+      }
+      chosen_logprobs[i] = static_cast<float>(row[chosen[i]] - log_z);
+      top_order_.resize(vocab);
+      for (int64_t v = 0; v < vocab; ++v) top_order_[v] = static_cast<int32_t>(v);
+      std::partial_sort(top_order_.begin(), top_order_.begin() + num_top, top_order_.end(),
+                        [row](int32_t a, int32_t b) {
+                          return row[a] > row[b] || (row[a] == row[b] && a < b);
+                        });
+      for (int32_t j = 0; j < num_top; ++j) {
+        top_ids[i * num_top + j] = top_order_[j];
+        top_logprobs[i * num_top + j] = static_cast<float>(row[top_order_[j]] - log_z);
+      }
+    }
+    return absl::OkStatus();
+  }
+
  private:
+  std::vector<int32_t> top_order_;  // Logprobs' scratch
+
   // One Linear (or MatMul) per non-empty group on row views, so results match the ungrouped ops
   // bit for bit.
   absl::Status Grouped(const Tensor& x, std::span<const Tensor* const> weights,

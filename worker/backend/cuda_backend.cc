@@ -73,7 +73,7 @@ struct CudaContext {
 // Host arrays copied to the device, one growable buffer per purpose.
 enum UploadSlot {
   kIds, kPositions, kInvFreq, kSlots, kAttnPlan, kRowIdx, kRowScale, kSamplingParams,
-  kPenaltyRows, kPenaltyTokens, kNumUploadSlots
+  kPenaltyRows, kPenaltyTokens, kLogprobRows, kLogprobChosen, kNumUploadSlots
 };
 
 class CudaBackend final : public Backend {
@@ -85,7 +85,7 @@ class CudaBackend final : public Backend {
     Synchronize().IgnoreError();
     for (DeviceBuffer& b : uploads_) cudaFreeAsync(b.data, ctx_->stream);
     cudaFreeAsync(router_out_.data, ctx_->stream);
-    for (DeviceBuffer* b : {&sample_logits_, &sample_ids_, &sample_workspace_}) {
+    for (DeviceBuffer* b : {&sample_logits_, &sample_ids_, &sample_workspace_, &logprobs_out_}) {
       cudaFreeAsync(b->data, ctx_->stream);
     }
     if (pinned_ != nullptr) cudaFreeHost(pinned_);
@@ -367,6 +367,11 @@ class CudaBackend final : public Backend {
                             std::span<const DeviceSamplingRow> params,
                             std::span<int32_t> token_ids) override;
 
+  absl::Status Logprobs(const Tensor& logits, std::span<const int64_t> rows,
+                        std::span<const int32_t> chosen, int32_t num_top,
+                        std::span<float> chosen_logprobs, std::span<int32_t> top_ids,
+                        std::span<float> top_logprobs) override;
+
   absl::Status CombineRows(const Tensor& rows, std::span<const int32_t> row_of,
                            std::span<const float> weights, int64_t k, const Tensor& out) override {
     SY_RETURN_IF_ERROR(SameDType(rows, out, "CombineRows"));
@@ -506,6 +511,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer router_out_;  // topk ids then weights
   // SampleTokens: the rows to sample, gathered; the sampled ids; CUB's workspace.
   DeviceBuffer sample_logits_, sample_ids_, sample_workspace_;
+  DeviceBuffer logprobs_out_;  // Logprobs: chosen logprobs, top ids, top logprobs
   std::vector<int32_t> sample_rows_;
   std::vector<kc::SamplingRowParams> sample_params_;
   std::vector<kc::PenaltyRowParams> penalty_rows_;
@@ -520,6 +526,41 @@ class CudaBackend final : public Backend {
 };
 
 size_t Align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
+
+absl::Status CudaBackend::Logprobs(const Tensor& logits, std::span<const int64_t> rows,
+                                   std::span<const int32_t> chosen, int32_t num_top,
+                                   std::span<float> chosen_logprobs, std::span<int32_t> top_ids,
+                                   std::span<float> top_logprobs) {
+  SY_RETURN_IF_ERROR(CheckDType(logits, DType::kF32, "Logprobs"));
+  const size_t n = rows.size();
+  if (chosen.size() != n || chosen_logprobs.size() != n || num_top < 0 ||
+      num_top > Cols(logits) || top_ids.size() != n * num_top ||
+      top_logprobs.size() != top_ids.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda backend: Logprobs: ", n, " rows, ",
+                                                   chosen.size(), " chosen ids, num_top ",
+                                                   num_top, ", ", top_ids.size(), " top slots"));
+  }
+  if (n == 0) return absl::OkStatus();
+  SY_ASSIGN_OR_RETURN(const int64_t* d_rows, Upload(kLogprobRows, rows));
+  SY_ASSIGN_OR_RETURN(const int32_t* d_chosen, Upload(kLogprobChosen, chosen));
+  // One output buffer, one copy back: [chosen logprobs][top ids][top logprobs], 4 bytes each.
+  const size_t num_values = n + 2 * n * static_cast<size_t>(num_top);
+  SY_ASSIGN_OR_RETURN(void* d_out, Reserve(logprobs_out_, num_values * 4));
+  float* d_chosen_logprobs = static_cast<float*>(d_out);
+  int32_t* d_top_ids = reinterpret_cast<int32_t*>(d_chosen_logprobs + n);
+  float* d_top_logprobs = reinterpret_cast<float*>(d_top_ids + n * num_top);
+  SY_RETURN_IF_ERROR(CudaStatus(
+      kc::LaunchLogprobs(P<float>(logits), Cols(logits), d_rows, static_cast<int64_t>(n),
+                         d_chosen, num_top, d_chosen_logprobs, d_top_ids, d_top_logprobs,
+                         ctx_->stream),
+      "LaunchLogprobs"));
+  SY_ASSIGN_OR_RETURN(void* staged, Download(d_out, num_values * 4, "Logprobs"));
+  const char* bytes = static_cast<const char*>(staged);
+  std::memcpy(chosen_logprobs.data(), bytes, n * 4);
+  std::memcpy(top_ids.data(), bytes + n * 4, n * num_top * 4);
+  std::memcpy(top_logprobs.data(), bytes + (n + n * num_top) * 4, n * num_top * 4);
+  return absl::OkStatus();
+}
 
 absl::Status CudaBackend::SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
                                        std::span<const DeviceSamplingRow> params,

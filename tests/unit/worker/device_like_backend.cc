@@ -145,6 +145,18 @@ absl::Status DeviceLikeBackend::ApplyPenalties(const Tensor& logits,
   return inner_->ApplyPenalties(logits, rows, tokens);
 }
 
+absl::Status DeviceLikeBackend::Logprobs(const Tensor& logits, std::span<const int64_t> rows,
+                                         std::span<const int32_t> chosen, int32_t num_top,
+                                         std::span<float> chosen_logprobs,
+                                         std::span<int32_t> top_ids,
+                                         std::span<float> top_logprobs) {
+  if (!Owns(logits.data(), logits.num_bytes())) {
+    return absl::InvalidArgumentError("device-like backend: Logprobs of host memory");
+  }
+  num_rows_with_logprobs_ += static_cast<int64_t>(rows.size());
+  return inner_->Logprobs(logits, rows, chosen, num_top, chosen_logprobs, top_ids, top_logprobs);
+}
+
 absl::Status DeviceLikeBackend::SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
                                              std::span<const DeviceSamplingRow> params,
                                              std::span<int32_t> token_ids) {

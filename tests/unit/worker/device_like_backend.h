@@ -32,6 +32,7 @@ class DeviceLikeBackend final : public Backend {
   int64_t num_bytes_to_host() const { return num_bytes_to_host_.load(); }
   int64_t num_rows_sampled() const { return num_rows_sampled_.load(); }
   int64_t num_rows_penalized() const { return num_rows_penalized_.load(); }
+  int64_t num_rows_with_logprobs() const { return num_rows_with_logprobs_.load(); }
 
   BackendKind kind() const override { return inner_->kind(); }
   std::string_view name() const override { return "device-like"; }
@@ -78,6 +79,10 @@ class DeviceLikeBackend final : public Backend {
                            std::span<const float> weights, int64_t k, const Tensor& out) override;
   absl::Status ApplyPenalties(const Tensor& logits, std::span<const PenaltyRow> rows,
                               std::span<const PenaltyToken> tokens) override;
+  absl::Status Logprobs(const Tensor& logits, std::span<const int64_t> rows,
+                        std::span<const int32_t> chosen, int32_t num_top,
+                        std::span<float> chosen_logprobs, std::span<int32_t> top_ids,
+                        std::span<float> top_logprobs) override;
   bool samples_on_device() const override { return true; }
   absl::Status SampleTokens(const Tensor& logits, std::span<const int64_t> rows,
                             std::span<const DeviceSamplingRow> params,
@@ -95,6 +100,7 @@ class DeviceLikeBackend final : public Backend {
   std::atomic<int64_t> num_bytes_to_host_{0};
   std::atomic<int64_t> num_rows_sampled_{0};
   std::atomic<int64_t> num_rows_penalized_{0};
+  std::atomic<int64_t> num_rows_with_logprobs_{0};
 };
 
 class MemoryCheckingCommunicator final : public Communicator {

@@ -398,9 +398,8 @@ v1::WorkerSampling Seeded(uint64_t seed) {
   return sampling;
 }
 
-// A backend that samples on its device gets the sequences without penalties or logprobs and
-// picks the same tokens as the host sampler; the others are sampled on the host from their rows'
-// logits, copied back alone, in the same steps.
+// A backend that samples on its device picks the host sampler's tokens for greedy, seeded and
+// penalised sequences, and reports the same logprobs (of the raw logits).
 TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
   v1::WorkerSampling greedy = Greedy();
   greedy.set_num_logprobs(0);
@@ -409,8 +408,8 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
   penalised.set_frequency_penalty(0.5f);
   v1::WorkerSampling with_logprobs = Seeded(9);
   with_logprobs.set_num_logprobs(2);
-  // seq -> (rank, prompt, sampling); 4 has penalties (applied on the device), 5 asks for logprobs
-  // (the host sampler).
+  with_logprobs.set_presence_penalty(0.7f);  // logprobs stay those of the raw logits
+  // seq -> (rank, prompt, sampling); 4 has penalties, 5 asks for logprobs as well.
   struct Seq {
     int rank;
     std::vector<int32_t> prompt;
@@ -446,26 +445,37 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
     for (const auto& [id, got] : sampled_) {
       for (const v1::SampledToken& token : got) tokens[id].push_back(token.token_id());
     }
-    return std::make_pair(tokens, sampled_[5][0]);
+    return std::make_pair(tokens, sampled_[5]);
   };
 
-  const auto [host, host_first] = run(false);
-  const auto [device, device_first] = run(true);
+  const auto [host, host_logprobs] = run(false);
+  const auto [device, device_logprobs] = run(true);
   ASSERT_EQ(host.size(), seqs.size());
   EXPECT_EQ(device, host);
-  // Rank 0 samples 1 and 3 on the device, rank 1 samples 2 and 4 there (4 with its penalties) and 5
-  // on the host.
+  // Everything is sampled on the device: 4 with its penalties applied there, 5 with its logprobs
+  // computed there from the raw logits.
   ASSERT_NE(device_backends_[0], nullptr);
   ASSERT_NE(device_backends_[1], nullptr);
   EXPECT_EQ(device_backends_[0]->num_rows_sampled(), 2 * 5);
-  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 2 * 5);
+  EXPECT_EQ(device_backends_[1]->num_rows_sampled(), 3 * 5);
   EXPECT_EQ(device_backends_[0]->num_rows_penalized(), 0);
-  EXPECT_EQ(device_backends_[1]->num_rows_penalized(), 1 * 5);
-  // The host rows came back with their logprobs.
-  EXPECT_LT(device_first.logprob(), 0.0f);
-  EXPECT_FLOAT_EQ(device_first.logprob(), host_first.logprob());
-  ASSERT_EQ(device_first.top_token_ids_size(), 2);
-  EXPECT_EQ(device_first.top_token_ids(0), host_first.top_token_ids(0));
+  EXPECT_EQ(device_backends_[1]->num_rows_penalized(), 2 * 5);  // 4 and 5
+  EXPECT_EQ(device_backends_[1]->num_rows_with_logprobs(), 1 * 5);
+  // Every step of 5, the later ones after presence penalties changed its output tokens' logits.
+  ASSERT_EQ(device_logprobs.size(), 5u);
+  ASSERT_EQ(host_logprobs.size(), 5u);
+  for (size_t step = 0; step < 5; ++step) {
+    const v1::SampledToken& got = device_logprobs[step];
+    const v1::SampledToken& want = host_logprobs[step];
+    EXPECT_LT(got.logprob(), 0.0f) << "step " << step;
+    EXPECT_FLOAT_EQ(got.logprob(), want.logprob()) << "step " << step;
+    ASSERT_EQ(got.top_token_ids_size(), 2) << "step " << step;
+    ASSERT_EQ(want.top_token_ids_size(), 2) << "step " << step;
+    for (int j = 0; j < 2; ++j) {
+      EXPECT_EQ(got.top_token_ids(j), want.top_token_ids(j)) << "step " << step;
+      EXPECT_FLOAT_EQ(got.top_logprobs(j), want.top_logprobs(j)) << "step " << step;
+    }
+  }
 }
 
 }  // namespace
