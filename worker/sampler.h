@@ -91,6 +91,19 @@ class TokenCounts {
   const absl::flat_hash_set<int32_t>& prompt_tokens() const { return prompt_tokens_; }
   const absl::flat_hash_map<int32_t, int32_t>& output_counts() const { return output_counts_; }
 
+  // Calls fn(token_id, output_count) once per distinct token of the prompt and the output (count 0:
+  // prompt only): the tokens the penalties touch.
+  template <typename Fn>
+  void ForEachDistinctToken(Fn&& fn) const {
+    for (int32_t token_id : prompt_tokens_) {
+      auto it = output_counts_.find(token_id);
+      fn(token_id, it == output_counts_.end() ? 0 : it->second);
+    }
+    for (const auto& [token_id, count] : output_counts_) {
+      if (!prompt_tokens_.contains(token_id)) fn(token_id, count);
+    }
+  }
+
  private:
   absl::flat_hash_set<int32_t> prompt_tokens_;
   absl::flat_hash_map<int32_t, int32_t> output_counts_;

@@ -372,17 +372,9 @@ void WorkerRuntime::AddPenaltyRow(int64_t row, const SamplingParams& p, const To
   penalty.frequency = p.frequency_penalty;
   penalty.presence = p.presence_penalty;
   penalty.first_token = static_cast<int32_t>(penalty_tokens_.size());
-  // Each distinct token once: the prompt's (with their output counts), then output-only ones.
-  const auto& output = counts.output_counts();
-  for (int32_t token_id : counts.prompt_tokens()) {
-    auto it = output.find(token_id);
-    penalty_tokens_.push_back(PenaltyToken{token_id, it == output.end() ? 0 : it->second});
-  }
-  for (const auto& [token_id, count] : output) {
-    if (!counts.prompt_tokens().contains(token_id)) {
-      penalty_tokens_.push_back(PenaltyToken{token_id, count});
-    }
-  }
+  counts.ForEachDistinctToken([this](int32_t token_id, int32_t output_count) {
+    penalty_tokens_.push_back(PenaltyToken{token_id, output_count});
+  });
   penalty.num_tokens = static_cast<int32_t>(penalty_tokens_.size()) - penalty.first_token;
 }
 

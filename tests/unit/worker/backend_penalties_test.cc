@@ -47,14 +47,9 @@ TEST(BackendPenaltiesTest, CpuOpThenPlainSamplingEqualsTheSamplersPenalties) {
       row.frequency = p.frequency_penalty;
       row.presence = p.presence_penalty;
       row.first_token = static_cast<int32_t>(tokens.size());
-      const auto& output = counts[r].output_counts();
-      for (int32_t id : counts[r].prompt_tokens()) {
-        auto it = output.find(id);
-        tokens.push_back(PenaltyToken{id, it == output.end() ? 0 : it->second});
-      }
-      for (const auto& [id, count] : output) {
-        if (!counts[r].prompt_tokens().contains(id)) tokens.push_back(PenaltyToken{id, count});
-      }
+      counts[r].ForEachDistinctToken([&](int32_t id, int32_t output_count) {
+        tokens.push_back(PenaltyToken{id, output_count});
+      });
       row.num_tokens = static_cast<int32_t>(tokens.size()) - row.first_token;
     }
     tokens.push_back(PenaltyToken{static_cast<int32_t>(vocab) + 5, 3});  // out of range: skipped
