@@ -281,6 +281,7 @@ void InferenceApi::FillServerInfo(v1::ServerInfo* info) const {
     out->set_weight_bytes_loaded(worker.weight_bytes_loaded);
     out->set_last_heartbeat_age_seconds(absl::ToDoubleSeconds(now - worker.last_heartbeat));
     out->set_kv_blocks_total(worker.num_kv_blocks);
+    out->set_device(worker.device);
     for (const WorkerSchedulerStats& w : stats.workers) {
       if (w.rank != worker.rank) continue;
       out->set_kv_blocks_used(static_cast<uint64_t>(w.num_blocks_used));
@@ -296,6 +297,7 @@ void InferenceApi::FillServerInfo(v1::ServerInfo* info) const {
   p->set_num_ranks(static_cast<uint32_t>(placement.num_ranks));
   for (const std::string& experts : placement.experts_per_rank) p->add_experts_per_rank(experts);
   p->set_encoded(placement.encoded);
+  info->set_data_plane(cluster_->data_plane());
   info->set_num_running(static_cast<uint32_t>(stats.num_running));
   info->set_num_waiting(static_cast<uint32_t>(stats.num_waiting));
   info->set_kv_cache_usage(stats.kv_usage);

@@ -215,6 +215,11 @@ PlacementSummary ClusterService::placement() const {
   return placement_;
 }
 
+std::string ClusterService::data_plane() const {
+  absl::MutexLock lock(&mu_);
+  return data_plane_;
+}
+
 int32_t ClusterService::num_ready() const {
   absl::MutexLock lock(&mu_);
   int32_t num = 0;
@@ -274,6 +279,10 @@ absl::Status ClusterService::LoadAll() {
   std::vector<std::string> backends;
   for (const WorkerRecord& worker : workers) backends.push_back(worker.backend);
   SY_ASSIGN_OR_RETURN(const std::string data_plane, ResolveDataPlane(options_.data_plane, backends));
+  {
+    absl::MutexLock lock(&mu_);
+    data_plane_ = data_plane;
+  }
   SY_LOG_INFO("loading {} workers over {}, placement {}", workers.size(), data_plane,
               summary.encoded.empty() ? "(dense)" : summary.encoded);
   const size_t n = workers.size();

@@ -126,6 +126,8 @@ class ClusterService final : public v1::ClusterService::Service {
   ClusterState state() const;
   std::vector<WorkerRecord> workers() const;  // rank order once assigned, else registration order
   PlacementSummary placement() const;
+  // The data plane the workers were loaded with ("gloo" or "nccl"; empty before the first Load).
+  std::string data_plane() const;
   int32_t num_ready() const;
 
  private:
@@ -142,6 +144,7 @@ class ClusterService final : public v1::ClusterService::Service {
   std::vector<WorkerRecord> workers_ ABSL_GUARDED_BY(mu_);
   ClusterState state_ ABSL_GUARDED_BY(mu_) = ClusterState::kStarting;
   PlacementSummary placement_ ABSL_GUARDED_BY(mu_);
+  std::string data_plane_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> store_ ABSL_GUARDED_BY(mu_);
   int64_t next_worker_idx_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t generation_ ABSL_GUARDED_BY(mu_) = 0;

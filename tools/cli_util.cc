@@ -105,11 +105,12 @@ std::string FormatServerInfo(const v1::ServerInfo& info) {
                         100.0 * info.kv_cache_usage(), info.prefix_cache_hits(),
                         info.prefix_cache_queries(), hit_perc);
   const v1::PlacementInfo& placement = info.placement();
-  absl::StrAppendFormat(&out, "placement  version %d over %d ranks\n", placement.version(),
-                        placement.num_ranks());
+  absl::StrAppendFormat(&out, "placement  version %d over %d ranks; data plane %s\n",
+                        placement.version(), placement.num_ranks(),
+                        info.data_plane().empty() ? "-" : info.data_plane());
   out += "\n";
   const std::vector<std::pair<std::string, size_t>> columns = {
-      {"RANK", 6},    {"ADDRESS", 22},       {"STATE", 10},     {"KV BLOCKS", 14},
+      {"RANK", 6},    {"ADDRESS", 22},       {"STATE", 10},     {"DEVICE", 8}, {"KV BLOCKS", 14},
       {"RUNNING", 9}, {"TOKENS ROUTED", 15}, {"HEARTBEAT", 11}, {"EXPERTS (LAYER 0)", 0}};
   for (const auto& [name, width] : columns) out += width ? Pad(name, width) : name;
   out += "\n";
@@ -120,6 +121,7 @@ std::string FormatServerInfo(const v1::ServerInfo& info) {
     out += Pad(absl::StrCat(w.rank()), 6);
     out += Pad(w.address(), 22);
     out += Pad(w.state().empty() ? "-" : w.state(), 10);
+    out += Pad(w.device().empty() ? "-" : w.device(), 8);
     out += Pad(absl::StrCat(w.kv_blocks_used(), "/", w.kv_blocks_total()), 14);
     out += Pad(absl::StrCat(w.num_running()), 9);
     out += Pad(absl::StrCat(w.tokens_routed()), 15);

@@ -208,6 +208,10 @@ def check_bench(env, checks, cluster):
 
 def check_cancel_frees_blocks(env, checks, cluster):
     before = status_json(env, cluster.address)
+    devices = [w.get("device") for w in before.get("workers", [])]
+    checks.check(before.get("data_plane") == "gloo" and devices and set(devices) == {"cpu"},
+                 "status: the data plane and each worker's device",
+                 f"data_plane {before.get('data_plane')!r}, devices {devices}")
     used_before = sum(int(w.get("kv_blocks_used", 0)) for w in before.get("workers", []))
     prompt = random_prompts(env.model_config()["vocab_size"], 1, seed=5, min_len=60, max_len=60)[0][0]
     proc = subprocess.Popen([env.cli_path, "generate", "--address", cluster.address,

@@ -83,7 +83,9 @@ class FakeService final : public v1::InferenceService::Service {
       w->set_kv_blocks_used(3 + rank);
       w->set_kv_blocks_total(512);
       w->set_tokens_routed(1000 + rank);
+      w->set_device("cuda");
     }
+    info.set_data_plane("nccl");
     info.mutable_placement()->set_version(7);
     info.mutable_placement()->add_experts_per_rank("0-3");
     info.mutable_placement()->add_experts_per_rank("4-7");
@@ -183,6 +185,8 @@ TEST(FormatServerInfoTest, ShowsEveryWorkerRow) {
   EXPECT_NE(table.find("127.0.0.1:50061"), std::string::npos);
   EXPECT_NE(table.find("4/512"), std::string::npos);
   EXPECT_NE(table.find("4-7"), std::string::npos);
+  EXPECT_NE(table.find("data plane nccl"), std::string::npos) << table;
+  EXPECT_NE(table.find("cuda"), std::string::npos) << table;
 }
 
 TEST_F(CliTest, BenchSendsExactLengthsAndCountsTokens) {
