@@ -87,6 +87,14 @@ class Backend {
   // the host: complete on return.
   virtual absl::Status CopyBytesFromHost(const void* host, int64_t num_bytes, void* device) = 0;
   virtual absl::Status CopyBytesToHost(const void* device, int64_t num_bytes, void* host) = 0;
+  // Several ranges of this backend's memory to the host, back to back from `host` in the order
+  // given; complete on return. A device backend waits once for all of them (the default copies one
+  // range at a time).
+  struct ByteRange {
+    const void* device = nullptr;
+    int64_t num_bytes = 0;
+  };
+  virtual absl::Status CopyRangesToHost(std::span<const ByteRange> ranges, void* host);
 
   // out[t, :] = table[ids[t], :]
   virtual absl::Status Embedding(const Tensor& table, std::span<const int32_t> ids,

@@ -296,6 +296,15 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> MakeCpuBackend() { return std::make_unique<CpuBackend>(); }
 
+absl::Status Backend::CopyRangesToHost(std::span<const ByteRange> ranges, void* host) {
+  char* dst = static_cast<char*>(host);
+  for (const ByteRange& range : ranges) {
+    SY_RETURN_IF_ERROR(CopyBytesToHost(range.device, range.num_bytes, dst));
+    dst += range.num_bytes;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Backend::SampleTokens(const Tensor&, std::span<const int64_t>,
                                    std::span<const DeviceSamplingRow>, std::span<int32_t>) {
   return absl::UnimplementedError(

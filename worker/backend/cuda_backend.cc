@@ -168,6 +168,25 @@ class CudaBackend final : public Backend {
     return absl::OkStatus();
   }
 
+  absl::Status CopyRangesToHost(std::span<const ByteRange> ranges, void* host) override {
+    int64_t total = 0;
+    for (const ByteRange& range : ranges) total += range.num_bytes;
+    if (total == 0) return absl::OkStatus();
+    SY_RETURN_IF_ERROR(ReservePinned(total));
+    int64_t offset = 0;
+    for (const ByteRange& range : ranges) {
+      if (range.num_bytes == 0) continue;
+      SY_RETURN_IF_ERROR(CudaStatus(
+          cudaMemcpyAsync(static_cast<char*>(pinned_) + offset, range.device, range.num_bytes,
+                          cudaMemcpyDeviceToHost, ctx_->stream),
+          "cudaMemcpyAsync(CopyRangesToHost)"));
+      offset += range.num_bytes;
+    }
+    SY_RETURN_IF_ERROR(Synchronize());
+    std::memcpy(host, pinned_, total);
+    return absl::OkStatus();
+  }
+
   absl::Status Synchronize() override {
     const auto deadline = std::chrono::steady_clock::now() +
                           absl::ToChronoNanoseconds(options_.sync_timeout);
@@ -483,18 +502,23 @@ class CudaBackend final : public Backend {
   }
 
   // Copies device bytes into the pinned staging buffer and waits (bounded) for them.
-  absl::StatusOr<void*> Download(const void* src, size_t bytes, std::string_view op) {
-    if (bytes > pinned_bytes_) {
-      if (pinned_ != nullptr) {
-        SY_RETURN_IF_ERROR(Synchronize());  // an earlier download may still target it
-        cudaFreeHost(pinned_);
-      }
-      pinned_ = nullptr;
-      pinned_bytes_ = 0;
-      const size_t capacity = std::max<size_t>(bytes * 3 / 2, 1 << 16);
-      SY_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&pinned_, capacity), "cudaMallocHost"));
-      pinned_bytes_ = capacity;
+  // Grows the pinned staging buffer to at least `bytes`.
+  absl::Status ReservePinned(size_t bytes) {
+    if (bytes <= pinned_bytes_) return absl::OkStatus();
+    if (pinned_ != nullptr) {
+      SY_RETURN_IF_ERROR(Synchronize());  // an earlier download may still target it
+      cudaFreeHost(pinned_);
     }
+    pinned_ = nullptr;
+    pinned_bytes_ = 0;
+    const size_t capacity = std::max<size_t>(bytes * 3 / 2, 1 << 16);
+    SY_RETURN_IF_ERROR(CudaStatus(cudaMallocHost(&pinned_, capacity), "cudaMallocHost"));
+    pinned_bytes_ = capacity;
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<void*> Download(const void* src, size_t bytes, std::string_view op) {
+    SY_RETURN_IF_ERROR(ReservePinned(bytes));
     SY_RETURN_IF_ERROR(CudaStatus(
         cudaMemcpyAsync(pinned_, src, bytes, cudaMemcpyDeviceToHost, ctx_->stream),
         absl::StrCat("cudaMemcpyAsync(", std::string(op), ")")));

@@ -241,21 +241,34 @@ absl::Status MoeDispatcher::ReadEntries() {
     entry_pos_offsets_[peer + 1] = entry_pos_offsets_[peer] + entries_from_[peer];
   }
   entries_in_.resize(entry_pos_offsets_[world_size]);
+  // Where each peer's entries are in the receive buffer; this rank's own are on the host already.
+  entry_ranges_.clear();
   for (int32_t peer = 0; peer < world_size; ++peer) {
     Entry* dst = entries_in_.data() + entry_pos_offsets_[peer];
     const int64_t num_bytes = entries_from_[peer] * kDispatchEntryBytes;
+    if (num_bytes == 0) continue;
     if (peer == me) {
-      if (num_bytes > 0) std::memcpy(dst, entries_to_[me].data(), num_bytes);
+      std::memcpy(dst, entries_to_[me].data(), num_bytes);
       continue;
     }
-    if (num_bytes == 0) continue;
     const int64_t offset = recv_desc_.offsets_bytes[peer] + count_recv_[peer * stride] * row_bytes_;
     if (path_ == ExchangePath::kStagedOnHost) {
       std::memcpy(dst, staged_recv_.data() + offset, num_bytes);
     } else {
-      SY_RETURN_IF_ERROR(
-          backend_->CopyBytesToHost(static_cast<const char*>(recv_desc_.data) + offset, num_bytes, dst));
+      entry_ranges_.push_back({static_cast<const char*>(recv_desc_.data) + offset, num_bytes});
     }
+  }
+  if (entry_ranges_.empty()) return absl::OkStatus();
+  // In the backend's memory: every peer's entries in one go (one wait on a device), in peer order,
+  // which is their order in entries_in_ after this rank's own.
+  entry_bytes_.resize(static_cast<size_t>(entry_pos_offsets_[world_size]) * kDispatchEntryBytes);
+  SY_RETURN_IF_ERROR(backend_->CopyRangesToHost(entry_ranges_, entry_bytes_.data()));
+  const char* src = entry_bytes_.data();
+  for (int32_t peer = 0; peer < world_size; ++peer) {
+    const int64_t num_bytes = entries_from_[peer] * kDispatchEntryBytes;
+    if (peer == me || num_bytes == 0) continue;
+    std::memcpy(entries_in_.data() + entry_pos_offsets_[peer], src, num_bytes);
+    src += num_bytes;
   }
   return absl::OkStatus();
 }

@@ -183,6 +183,8 @@ class MoeDispatcher {
   std::vector<int64_t> entries_from_;       // per p: entries received (own entries for p = me)
   std::vector<int64_t> entry_pos_offsets_;  // world_size + 1, into entries_in_ and entry_pos_
   std::vector<Entry> entries_in_;           // every received entry by source (own ones for me)
+  std::vector<Backend::ByteRange> entry_ranges_;  // peers' entries in the receive buffer
+  std::vector<char> entry_bytes_;                 // ...copied to the host back to back
   std::vector<int64_t> entry_pos_;          // per (p, entry): its row in the expert buffers
   std::vector<int64_t> region_row_;         // per p: first row of p's token rows in the recv rows
   std::vector<int64_t> expert_offsets_;     // my_num_slots_ + 1
