@@ -25,11 +25,7 @@ namespace {
 using testing::DeviceLikeBackend;
 using testing::MemoryCheckingCommunicator;
 
-CommunicatorOptions FastOptions() {
-  CommunicatorOptions options;
-  options.timeout = absl::Seconds(5);
-  return options;
-}
+CommunicatorOptions FastOptions() { return testing::TimeoutOptions(absl::Seconds(5)); }
 
 std::string SpaceName(MemorySpace space) {
   return space == MemorySpace::kDevice ? "device_comm" : "host_comm";

@@ -24,11 +24,7 @@ using testing::MakeEpTestModel;
 using testing::SeqLogits;
 using testing::SeqPlan;
 
-CommunicatorOptions FastOptions() {
-  CommunicatorOptions options;
-  options.timeout = absl::Seconds(2);
-  return options;
-}
+CommunicatorOptions FastOptions() { return testing::TimeoutOptions(absl::Seconds(2)); }
 
 struct RankOutcome {
   uint64_t bytes_loaded = 0;

@@ -9,9 +9,17 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 #include "worker/comm/communicator.h"
 
 namespace switchyard::testing {
+
+// Options whose collectives fail after `timeout`: short, so that a test of a failure ends soon.
+inline CommunicatorOptions TimeoutOptions(absl::Duration timeout) {
+  CommunicatorOptions options;
+  options.timeout = timeout;
+  return options;
+}
 
 // Runs `body(comm)` on world_size threads, each with its own loopback communicator (wrapped by
 // `wrap` when given, e.g. into a FaultyCommunicator). Returns each rank's status.

@@ -18,11 +18,7 @@ namespace {
 using testing::ProvenanceAllToAllV;
 using testing::RunLoopbackRanks;
 
-CommunicatorOptions FastOptions() {
-  CommunicatorOptions options;
-  options.timeout = absl::Seconds(2);
-  return options;
-}
+CommunicatorOptions FastOptions() { return testing::TimeoutOptions(absl::Seconds(2)); }
 
 class LoopbackWorldTest : public ::testing::TestWithParam<int> {};
 

@@ -20,11 +20,7 @@ using testing::Routing;
 using testing::RunAndCheckDispatch;
 using testing::RunLoopbackRanks;
 
-CommunicatorOptions FastOptions() {
-  CommunicatorOptions options;
-  options.timeout = absl::Seconds(5);
-  return options;
-}
+CommunicatorOptions FastOptions() { return testing::TimeoutOptions(absl::Seconds(5)); }
 
 void ExpectDispatchMatches(const MoeCase& moe_case, const LayerPlacement& placement) {
   const auto statuses = RunLoopbackRanks(moe_case.world_size, FastOptions(), [&](Communicator& c) {
