@@ -281,7 +281,7 @@ void InferenceApi::FillServerInfo(v1::ServerInfo* info) const {
     out->set_weight_bytes_loaded(worker.weight_bytes_loaded);
     out->set_last_heartbeat_age_seconds(absl::ToDoubleSeconds(now - worker.last_heartbeat));
     out->set_kv_blocks_total(worker.num_kv_blocks);
-    out->set_device(worker.device);
+    out->set_device(worker.backend);
     for (const WorkerSchedulerStats& w : stats.workers) {
       if (w.rank != worker.rank) continue;
       out->set_kv_blocks_used(static_cast<uint64_t>(w.num_blocks_used));

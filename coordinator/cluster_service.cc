@@ -67,6 +67,7 @@ absl::StatusOr<std::string> ResolveDataPlane(std::string_view requested,
     return absl::InvalidArgumentError(absl::StrCat(
         "data plane: expected auto, gloo or nccl, found '", std::string(requested), "'"));
   }
+  if (worker_backends.size() == 1) return std::string("none");  // nothing to exchange
   if (requested == "gloo") return std::string("gloo");
   for (size_t rank = 0; rank < worker_backends.size(); ++rank) {
     if (worker_backends[rank] == "cuda") continue;
@@ -112,6 +113,13 @@ grpc::Status ClusterService::Register(grpc::ServerContext*, const v1::RegisterRe
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("Register from ", request->worker_address(), ": all ",
                                      options_.num_workers, " expected workers have registered"));
+  }
+  if (options_.data_plane == "nccl" && request->backend() != "cuda") {
+    return grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("Register from ", request->worker_address(), ": the coordinator runs ",
+                     "--data_plane=nccl, which needs the cuda backend; this worker runs '",
+                     request->backend(), "'"));
   }
   WorkerRecord record;
   record.worker_id = absl::StrCat("w", next_worker_idx_++);
@@ -265,9 +273,15 @@ absl::Status ClusterService::LoadAll() {
   SY_RETURN_IF_ERROR(ComputePlacements(options_.model_config, options_.num_workers,
                                        options_.redundant_experts, &layer_texts, &summary));
   std::vector<WorkerRecord> workers;
-  std::string prefix;
+  std::string prefix, data_plane;
   {
     absl::MutexLock lock(&mu_);
+    // Before any state changes: Register refused the workers nccl cannot take, so this fails only
+    // on a bad option, and then no worker is left "loading".
+    std::vector<std::string> backends;
+    for (const WorkerRecord& worker : workers_) backends.push_back(worker.backend);
+    SY_ASSIGN_OR_RETURN(data_plane, ResolveDataPlane(options_.data_plane, backends));
+    data_plane_ = data_plane;
     for (size_t i = 0; i < workers_.size(); ++i) {
       workers_[i].rank = static_cast<int32_t>(i);
       workers_[i].state = WorkerState::kLoading;
@@ -275,13 +289,6 @@ absl::Status ClusterService::LoadAll() {
     placement_ = summary;
     prefix = absl::StrCat("gen", generation_++, "/");
     workers = workers_;
-  }
-  std::vector<std::string> backends;
-  for (const WorkerRecord& worker : workers) backends.push_back(worker.backend);
-  SY_ASSIGN_OR_RETURN(const std::string data_plane, ResolveDataPlane(options_.data_plane, backends));
-  {
-    absl::MutexLock lock(&mu_);
-    data_plane_ = data_plane;
   }
   SY_LOG_INFO("loading {} workers over {}, placement {}", workers.size(), data_plane,
               summary.encoded.empty() ? "(dense)" : summary.encoded);
@@ -332,10 +339,11 @@ absl::Status ClusterService::LoadAll() {
     worker.state = WorkerState::kReady;
     worker.num_kv_blocks = responses[i].num_kv_blocks();
     worker.weight_bytes_loaded = responses[i].weight_bytes_loaded();
-    worker.device = responses[i].device();
+
     worker.last_heartbeat = absl::Now();
     SY_LOG_INFO("rank {} ({}) loaded: {} KV blocks, {} weight bytes, device {}", i,
-                worker.address, worker.num_kv_blocks, worker.weight_bytes_loaded, worker.device);
+                worker.address, worker.num_kv_blocks, worker.weight_bytes_loaded,
+                responses[i].device());
   }
   if (!errors.empty()) {
     return absl::UnavailableError(absl::StrCat("Load failed on ", errors.size(), " of ", n,

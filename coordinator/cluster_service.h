@@ -62,7 +62,6 @@ struct WorkerRecord {
   WorkerState state = WorkerState::kRegistered;
   uint64_t num_kv_blocks = 0;
   uint64_t weight_bytes_loaded = 0;
-  std::string device;
   absl::Time last_heartbeat;
   std::shared_ptr<v1::WorkerService::Stub> stub;
 };
@@ -84,8 +83,9 @@ absl::Status ComputePlacements(const ModelConfig& config, int32_t num_workers,
                                PlacementSummary* summary);
 
 // The data plane the workers join: `requested` ("auto", "gloo" or "nccl") against the backends the
-// workers registered with. INVALID_ARGUMENT for an unknown name; FAILED_PRECONDITION for nccl with
-// a worker that is not on cuda.
+// workers registered with; "none" for a single worker (it exchanges nothing). INVALID_ARGUMENT for
+// an unknown name; FAILED_PRECONDITION for nccl with a worker that is not on cuda (which Register
+// refuses already).
 absl::StatusOr<std::string> ResolveDataPlane(std::string_view requested,
                                              const std::vector<std::string>& worker_backends);
 
@@ -126,7 +126,7 @@ class ClusterService final : public v1::ClusterService::Service {
   ClusterState state() const;
   std::vector<WorkerRecord> workers() const;  // rank order once assigned, else registration order
   PlacementSummary placement() const;
-  // The data plane the workers were loaded with ("gloo" or "nccl"; empty before the first Load).
+  // The data plane the workers were loaded with ("gloo", "nccl" or "none"; empty before Load).
   std::string data_plane() const;
   int32_t num_ready() const;
 

@@ -199,13 +199,26 @@ TEST_F(ApiServiceTest, ClientCancelFreesTheRequest) {
   EXPECT_EQ(manager_->num_live(), 0);
 }
 
-TEST_F(ApiServiceTest, ServerInfoReportsTheState) {
+TEST_F(ApiServiceTest, ServerInfoReportsTheStateAndEachWorker) {
   StartServer(absl::ZeroDuration());
+  {
+    grpc::ServerContext server_context;
+    v1::RegisterRequest request;
+    request.set_worker_address("10.0.0.7:50061");
+    request.set_backend("cuda");
+    v1::RegisterResponse response;
+    ASSERT_TRUE(cluster_->Register(&server_context, &request, &response).ok());
+  }
   grpc::ClientContext context;
   v1::ServerInfo info;
   ASSERT_TRUE(stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
   EXPECT_EQ(info.state(), v1::SERVING_STATE_SERVING);
   EXPECT_EQ(info.model_name(), "test-model");
+  ASSERT_EQ(info.workers_size(), 1);
+  EXPECT_EQ(info.workers(0).address(), "10.0.0.7:50061");
+  EXPECT_EQ(info.workers(0).state(), "registered");
+  EXPECT_EQ(info.workers(0).device(), "cuda");
+  EXPECT_EQ(info.data_plane(), "");  // nothing loaded yet
 }
 
 }  // namespace

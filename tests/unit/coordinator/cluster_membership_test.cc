@@ -65,10 +65,12 @@ ClusterOptions Options(int32_t num_workers) {
   return options;
 }
 
-std::string Register(ClusterService& service, const std::string& address) {
+std::string Register(ClusterService& service, const std::string& address,
+                     const std::string& backend = "cpu") {
   grpc::ServerContext context;
   v1::RegisterRequest request;
   request.set_worker_address(address);
+  request.set_backend(backend);
   v1::RegisterResponse response;
   EXPECT_TRUE(service.Register(&context, &request, &response).ok());
   return response.worker_id();
@@ -110,6 +112,8 @@ TEST(ClusterMembershipTest, LoadsEveryWorkerThenDeclaresASilentOneLost) {
   ASSERT_EQ(load.layer_placements_size(), 2);
   EXPECT_NE(load.layer_placements(0).find("4,5,6,7"), std::string::npos) << load.layer_placements(0);
   EXPECT_EQ(load.rendezvous_prefix(), second.load().rendezvous_prefix());
+  EXPECT_EQ(load.data_plane(), "gloo");  // auto, with CPU workers
+  EXPECT_EQ(service.data_plane(), "gloo");
   // Only `first` keeps sending heartbeats: rank 0 (`second`) goes silent and is declared lost.
   for (int i = 0; i < 200 && !lost.HasBeenNotified(); ++i) {
     grpc::ServerContext context;
@@ -140,6 +144,34 @@ TEST(ClusterMembershipTest, AFailedLoadNeverServes) {
   service.Stop();
   EXPECT_FALSE(ready_called);
   EXPECT_EQ(service.workers()[1].state, WorkerState::kFailed);
+}
+
+// --data_plane=nccl: a CPU worker is refused at Register, saying why; CUDA workers load over NCCL.
+TEST(ClusterMembershipTest, NcclRefusesACpuWorkerAndLoadsCudaOnes) {
+  FakeWorker first(100), second(100);
+  absl::Notification ready;
+  ClusterOptions options = Options(2);
+  options.data_plane = "nccl";
+  ClusterService service(
+      options, [&](const std::vector<WorkerRecord>&) { ready.Notify(); },
+      [](const WorkerRecord&, absl::Status) {});
+  service.Start();
+  grpc::ServerContext context;
+  v1::RegisterRequest request;
+  request.set_worker_address("127.0.0.1:1");
+  request.set_backend("cpu");
+  v1::RegisterResponse response;
+  const grpc::Status refused = service.Register(&context, &request, &response);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.error_message().find("needs the cuda backend"), std::string::npos)
+      << refused.error_message();
+  EXPECT_TRUE(service.workers().empty());
+  Register(service, first.address(), "cuda");
+  Register(service, second.address(), "cuda");
+  ASSERT_TRUE(ready.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(first.load().data_plane(), "nccl");
+  EXPECT_EQ(service.data_plane(), "nccl");
+  service.Stop();
 }
 
 }  // namespace

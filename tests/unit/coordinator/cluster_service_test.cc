@@ -68,7 +68,8 @@ ModelConfig MoeConfig(int64_t num_experts, int64_t num_layers) {
 TEST(ResolveDataPlaneTest, AutoPicksNcclOnlyWhenEveryWorkerIsOnCuda) {
   EXPECT_EQ(ResolveDataPlane("auto", {"cuda", "cuda"}).value(), "nccl");
   EXPECT_EQ(ResolveDataPlane("auto", {"cuda", "cpu"}).value(), "gloo");
-  EXPECT_EQ(ResolveDataPlane("auto", {"cpu"}).value(), "gloo");
+  EXPECT_EQ(ResolveDataPlane("auto", {"cpu", "cpu"}).value(), "gloo");
+  EXPECT_EQ(ResolveDataPlane("nccl", {"cpu"}).value(), "none");  // one worker exchanges nothing
   EXPECT_EQ(ResolveDataPlane("gloo", {"cuda", "cuda"}).value(), "gloo");
   EXPECT_EQ(ResolveDataPlane("nccl", {"cuda", "cuda"}).value(), "nccl");
   EXPECT_EQ(ResolveDataPlane("auto", {}).value(), "auto");  // nothing to decide on yet
