@@ -279,11 +279,13 @@ absl::Status MoeDispatcher::Expand() {
   // Slot-major, then source rank: slot_cursor_[p * num_slots + s] is where p's rows of s start.
   expert_offsets_.assign(num_slots + 1, 0);
   slot_cursor_.resize(world_size * num_slots);
+  slot_end_.resize(world_size * num_slots);
   for (int64_t slot = 0; slot < num_slots; ++slot) {
     int64_t position = expert_offsets_[slot];
     for (int32_t peer = 0; peer < world_size; ++peer) {
       slot_cursor_[peer * num_slots + slot] = position;
       position += count_recv_[peer * stride + 1 + slot];
+      slot_end_[peer * num_slots + slot] = position;
     }
     expert_offsets_[slot + 1] = position;
   }
@@ -300,13 +302,16 @@ absl::Status MoeDispatcher::Expand() {
     const int64_t peer_rows = peer == me ? static_cast<int64_t>(token_rows_to_[me].size())
                                          : count_recv_[peer * stride];
     int64_t* cursor = slot_cursor_.data() + peer * num_slots;
+    const int64_t* end = slot_end_.data() + peer * num_slots;
     for (int64_t e = entry_pos_offsets_[peer]; e < entry_pos_offsets_[peer + 1]; ++e) {
       const Entry& entry = entries_in_[e];
-      if (entry.slot < 0 || entry.slot >= num_slots || entry.row < 0 || entry.row >= peer_rows) {
+      // Entries that disagree with the peer's announced counts must not write past its range.
+      if (entry.slot < 0 || entry.slot >= num_slots || entry.row < 0 || entry.row >= peer_rows ||
+          cursor[entry.slot] >= end[entry.slot]) {
         return absl::InternalError(absl::StrCat(
             "moe dispatch on rank ", me, ": entry ", e - entry_pos_offsets_[peer], " from rank ",
             peer, " names row ", entry.row, " of ", peer_rows, " and slot ", entry.slot, " of ",
-            num_slots));
+            num_slots, ", or more entries for that slot than the rank announced"));
       }
       const int64_t position = cursor[entry.slot]++;
       entry_pos_[e] = position;

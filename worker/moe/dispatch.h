@@ -188,7 +188,8 @@ class MoeDispatcher {
   std::vector<int64_t> entry_pos_;          // per (p, entry): its row in the expert buffers
   std::vector<int64_t> region_row_;         // per p: first row of p's token rows in the recv rows
   std::vector<int64_t> expert_offsets_;     // my_num_slots_ + 1
-  std::vector<int64_t> slot_cursor_;        // scratch for the expansion
+  std::vector<int64_t> slot_cursor_;        // scratch for the expansion: next row per (p, slot)
+  std::vector<int64_t> slot_end_;           // ...and the end of that (p, slot) range
   std::vector<int64_t> result_row_;         // per r: first row of r's results after expert rows
   // Host index lists handed to the backend's row ops.
   std::vector<int32_t> gather_rows_;

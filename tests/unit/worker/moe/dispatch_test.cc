@@ -2,6 +2,7 @@
 // single-process computation of the same toy experts.
 #include "worker/moe/dispatch.h"
 
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -429,6 +430,66 @@ TEST(DispatchTest, ExpertErrorPropagatesAndAbortsThePeers) {
     return MoeDispatchCombine(comm, placement, x, 1, 2, ids, weights, 1, experts, out, nullptr);
   });
   EXPECT_EQ(statuses[0].code(), absl::StatusCode::kResourceExhausted) << statuses[0];
+  EXPECT_TRUE(IsPeerFailure(statuses[1])) << statuses[1];
+}
+
+// Forwards to a host communicator; on its second all-to-all-v (the rows, after the counts) it
+// rewrites every entry received from rank 1 to name local slot 0: entries that disagree with the
+// counts rank 1 announced. Rows of 3 floats are exactly one 12-byte entry wide, so an entry region
+// of n entries is the last n rows of that peer's region.
+class EntryCorruptingCommunicator final : public Communicator {
+ public:
+  explicit EntryCorruptingCommunicator(std::unique_ptr<Communicator> inner)
+      : inner_(std::move(inner)) {}
+  int rank() const override { return inner_->rank(); }
+  int world_size() const override { return inner_->world_size(); }
+  std::string name() const override { return "corrupting(" + inner_->name() + ")"; }
+  absl::Status AllToAllV(const AllToAllVBuffer& send, const AllToAllVBuffer& recv) override {
+    absl::Status status = inner_->AllToAllV(send, recv);
+    if (!status.ok() || ++num_calls_ != 2 || recv.counts_bytes[1] == 0) return status;
+    // Rank 1's region: [n token rows][n entries], 12 bytes each.
+    char* region = static_cast<char*>(recv.data) + recv.offsets_bytes[1];
+    const int64_t n = recv.counts_bytes[1] / (2 * kDispatchEntryBytes);
+    for (int64_t e = 0; e < n; ++e) {
+      MoeDispatcher::Entry entry;
+      std::memcpy(&entry, region + (n + e) * kDispatchEntryBytes, sizeof(entry));
+      entry.slot = 0;
+      std::memcpy(region + (n + e) * kDispatchEntryBytes, &entry, sizeof(entry));
+    }
+    return status;
+  }
+  absl::Status AllGather(const void* send, int64_t num_bytes, void* recv) override {
+    return inner_->AllGather(send, num_bytes, recv);
+  }
+  absl::Status Barrier() override { return inner_->Barrier(); }
+  void Abort(const std::string& reason) override { inner_->Abort(reason); }
+
+ private:
+  std::unique_ptr<Communicator> inner_;
+  int num_calls_ = 0;
+};
+
+TEST(DispatchTest, EntriesThatDisagreeWithTheCountsFailInsteadOfWritingPastTheirRange) {
+  const LayerPlacement placement = LayerPlacement::Contiguous(4, 2).value();  // rank 0: 0, 1
+  const auto statuses = RunLoopbackRanks(
+      2, FastOptions(),
+      [&](Communicator& comm) {
+        // Rank 1 sends token 0 to expert 0 and token 1 to expert 1, both on rank 0.
+        const float x[6] = {1, 2, 3, 4, 5, 6};
+        const int32_t ids[2] = {0, 1};
+        const float weights[2] = {1, 1};
+        float out[6];
+        const int64_t num_tokens = comm.rank() == 1 ? 2 : 0;
+        return MoeDispatchCombine(comm, placement, x, num_tokens, 3, ids, weights, 1,
+                                  testing::ToyExperts(placement, comm.rank()), out, nullptr);
+      },
+      [](std::unique_ptr<Communicator> inner) -> std::unique_ptr<Communicator> {
+        if (inner->rank() != 0) return inner;
+        return std::make_unique<EntryCorruptingCommunicator>(std::move(inner));
+      });
+  EXPECT_EQ(statuses[0].code(), absl::StatusCode::kInternal) << statuses[0];
+  EXPECT_TRUE(absl::StrContains(statuses[0].message(), "more entries for that slot"))
+      << statuses[0];
   EXPECT_TRUE(IsPeerFailure(statuses[1])) << statuses[1];
 }
 
