@@ -17,10 +17,13 @@ namespace {
 std::chrono::system_clock::time_point ToChrono(absl::Time t) { return absl::ToChronoTime(t); }
 
 // Runs `call` (one RPC with `deadline`) until it succeeds, fails other than UNAVAILABLE, or the
-// operation's `deadline` passes.
-template <typename Call>
-grpc::Status WithRetry(absl::Time deadline, absl::Duration backoff, Call call) {
+// operation's `deadline` passes; CANCELLED as soon as `cancelled()` (checked before every try, so
+// a stopping worker does not wait out the deadline while the coordinator is unreachable).
+template <typename Cancelled, typename Call>
+grpc::Status WithRetry(absl::Time deadline, absl::Duration backoff, Cancelled cancelled,
+                       Call call) {
   for (;;) {
+    if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled (worker stopping)");
     grpc::ClientContext context;
     context.set_deadline(ToChrono(deadline));
     grpc::Status status = call(&context);
@@ -51,7 +54,7 @@ void ClusterStore::set(const std::string& key, const std::vector<char>& data) {
   request.set_value(std::string(data.begin(), data.end()));
   v1::StoreSetResponse response;
   const grpc::Status status = WithRetry(
-      absl::Now() + options_.default_timeout, options_.retry_backoff,
+      absl::Now() + options_.default_timeout, options_.retry_backoff, [this] { return cancelled(); },
       [&](grpc::ClientContext* context) { return stub_->StoreSet(context, request, &response); });
   if (!status.ok()) {
     const bool timed_out = status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
@@ -79,7 +82,7 @@ grpc::Status ClusterStore::GetSlice(const std::vector<std::string>& keys, absl::
                                     v1::StoreGetResponse* response) {
   const absl::Time slice_end = absl::Now() + slice;
   return WithRetry(slice_end + options_.rpc_margin, options_.retry_backoff,
-                   [&](grpc::ClientContext* context) {
+                   [this] { return cancelled(); }, [&](grpc::ClientContext* context) {
                      v1::StoreGetRequest request;
                      for (const std::string& key : keys) request.add_keys(key);
                      const int64_t left_ms = absl::ToInt64Milliseconds(slice_end - absl::Now());

@@ -308,30 +308,42 @@ absl::Status NcclCommunicator::AllToAllVHost(const AllToAllVBuffer& send,
     send_bytes = std::max(send_bytes, send.offsets_bytes[peer] + send.counts_bytes[peer]);
     recv_bytes = std::max(recv_bytes, recv.offsets_bytes[peer] + recv.counts_bytes[peer]);
   }
+  // Fail-stop (communicator.h): a local failure here leaves the peers inside the collective.
+  auto fail = [this](absl::Status status) {
+    Abort(status.ToString());
+    return status;
+  };
   if (send_bytes + recv_bytes > host_stage_bytes_) {
     if (host_stage_ != nullptr) cudaFree(host_stage_);
     host_stage_ = nullptr;
     host_stage_bytes_ = 0;
     const int64_t capacity = std::max<int64_t>((send_bytes + recv_bytes) * 3 / 2, 4096);
-    SY_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&host_stage_, capacity), "cudaMalloc host staging"));
+    absl::Status allocated =
+        CudaStatus(cudaMalloc(&host_stage_, capacity), "cudaMalloc host staging");
+    if (!allocated.ok()) return fail(std::move(allocated));
     host_stage_bytes_ = capacity;
   }
   char* device_send = static_cast<char*>(host_stage_);
   char* device_recv = device_send + send_bytes;
   if (send_bytes > 0) {
-    SY_RETURN_IF_ERROR(CudaStatus(
+    absl::Status copied = CudaStatus(
         cudaMemcpyAsync(device_send, send.data, send_bytes, cudaMemcpyHostToDevice, stream_),
-        "copy host all-to-all-v to device"));
+        "copy host all-to-all-v to device");
+    if (!copied.ok()) return fail(std::move(copied));
   }
   AllToAllVBuffer device_send_desc = send, device_recv_desc = recv;
   device_send_desc.data = device_send;
   device_recv_desc.data = device_recv;
-  SY_RETURN_IF_ERROR(AllToAllV(device_send_desc, device_recv_desc));
+  SY_RETURN_IF_ERROR(AllToAllV(device_send_desc, device_recv_desc));  // aborts on its own errors
   if (recv_bytes == 0) return absl::OkStatus();
-  SY_RETURN_IF_ERROR(CudaStatus(
+  absl::Status copied = CudaStatus(
       cudaMemcpyAsync(recv.data, device_recv, recv_bytes, cudaMemcpyDeviceToHost, stream_),
-      "copy host all-to-all-v to host"));
-  return CudaStatus(cudaStreamSynchronize(stream_), "synchronize host all-to-all-v");
+      "copy host all-to-all-v to host");
+  if (copied.ok()) {
+    copied = CudaStatus(cudaStreamSynchronize(stream_), "synchronize host all-to-all-v");
+  }
+  if (!copied.ok()) return fail(std::move(copied));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ncclUniqueId> RendezvousUniqueId(gloo::rendezvous::Store& store, int rank,

@@ -54,40 +54,37 @@ absl::Status MoeDispatcher::Validate(const LayerPlacement& placement, const Tens
                                      std::span<const int32_t> topk_ids,
                                      std::span<const float> topk_weights, int64_t k,
                                      const Tensor& out) const {
-  const std::string where = absl::StrCat("moe dispatch on rank ", comm_->rank());
+  // Messages are built only on failure: this runs for every MoE layer of every step.
+  auto invalid = [&](auto&&... parts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("moe dispatch on rank ", comm_->rank(), ": ", parts...));
+  };
   if (placement.world_size() != comm_->world_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": placement v", placement.version(),
-                                                   " is for ", placement.world_size(),
-                                                   " ranks, the group has ", comm_->world_size()));
+    return invalid("placement v", placement.version(), " is for ", placement.world_size(),
+                   " ranks, the group has ", comm_->world_size());
   }
   const int64_t num_tokens = x.rank() == 2 ? x.dim(0) : -1;
   const int64_t hidden = x.rank() == 2 ? x.dim(1) : -1;
   if (num_tokens < 0 || num_tokens > std::numeric_limits<int32_t>::max() || hidden < 1 || k < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": expected x [num_tokens < 2^31, hidden >= 1] and k >= 1, found x ",
-                     x.ShapeString(), " and k ", k));
+    return invalid("expected x [num_tokens < 2^31, hidden >= 1] and k >= 1, found x ",
+                   x.ShapeString(), " and k ", k);
   }
   if (out.shape() != x.shape() || out.dtype() != x.dtype()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        where, ": expected out like x ", x.ShapeString(), " ", std::string(DTypeName(x.dtype())),
-        ", found ", out.ShapeString(), " ", std::string(DTypeName(out.dtype()))));
+    return invalid("expected out like x ", x.ShapeString(), " ", std::string(DTypeName(x.dtype())),
+                   ", found ", out.ShapeString(), " ", std::string(DTypeName(out.dtype())));
   }
   if (static_cast<int64_t>(topk_ids.size()) != num_tokens * k ||
       static_cast<int64_t>(topk_weights.size()) != num_tokens * k) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": expected ", num_tokens * k,
-                                                   " routed ids and weights (", num_tokens, " x ",
-                                                   k, "), found ", topk_ids.size(), " and ",
-                                                   topk_weights.size()));
+    return invalid("expected ", num_tokens * k, " routed ids and weights (", num_tokens, " x ", k,
+                   "), found ", topk_ids.size(), " and ", topk_weights.size());
   }
   if (num_tokens > 0 && (x.empty() || out.empty())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": null x or out with ", num_tokens, " tokens"));
+    return invalid("null x or out with ", num_tokens, " tokens");
   }
   for (size_t i = 0; i < topk_ids.size(); ++i) {
     if (topk_ids[i] < 0 || topk_ids[i] >= placement.num_experts()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": token ", i / k, " choice ", i % k, " routes to expert ",
-                       topk_ids[i], ", expected [0, ", placement.num_experts(), ")"));
+      return invalid("token ", i / k, " choice ", i % k, " routes to expert ", topk_ids[i],
+                     ", expected [0, ", placement.num_experts(), ")");
     }
   }
   return absl::OkStatus();

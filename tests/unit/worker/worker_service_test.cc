@@ -160,6 +160,24 @@ TEST_F(WorkerServiceTest, StoreSetGetWaitAndTimeouts) {
   ClusterStore dead(grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()),
                     "127.0.0.1:1", options);
   EXPECT_THROW(dead.set("k", {'v'}), gloo::IoException);
+  // Cancelled while retrying an unreachable coordinator: gives up at the next try, not at the
+  // 60 s deadline.
+  ClusterStoreOptions retrying;
+  retrying.default_timeout = absl::Seconds(60);
+  retrying.cancelled = std::make_shared<std::atomic<bool>>(false);
+  ClusterStore unreachable(grpc::CreateChannel("127.0.0.1:1", grpc::InsecureChannelCredentials()),
+                           "127.0.0.1:1", retrying);
+  std::thread stop([&] {
+    absl::SleepFor(absl::Milliseconds(100));
+    *retrying.cancelled = true;
+  });
+  try {
+    unreachable.set("k", {'v'});
+    ADD_FAILURE() << "a set to an unreachable coordinator returned";
+  } catch (const gloo::IoException& e) {
+    EXPECT_NE(std::string(e.what()).find("cancelled"), std::string::npos) << e.what();
+  }
+  stop.join();
 }
 
 TEST_F(WorkerServiceTest, ClusterLinkRegistersHeartbeatsAndReregisters) {
