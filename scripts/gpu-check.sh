@@ -23,7 +23,9 @@
 #      summary.txt -- eight files, the tool's limit.
 #      `run --quick` cuts the benchmark repetitions (for a rerun when time is short).
 #
-# Every step has its own timeout, so a hung kernel costs minutes, not the whole lease.
+# Every step has its own timeout within one budget (GPU_CHECK_BUDGET_S, default 540 s, inside the
+# tool's 600 s per call), and summary.txt is rewritten after each step: a hung kernel costs its
+# step, not the whole lease, and a run cut short still returns what it measured.
 set -uo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -104,6 +106,25 @@ run_checks() {
   local missing
   missing=$(grep -c "=> not found" "$out/env.txt" || true)
   local status=0 summary=()
+  # One budget for the whole run, inside the device tool's 600 s per call: each step gets at most
+  # its own cap and what is left, and the summary is rewritten after every step, so a run cut short
+  # still returns what it measured.
+  local deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-540}))
+  cap() {
+    local left=$((deadline - SECONDS))
+    ((left < 1)) && left=1
+    echo $((left < $1 ? left : $1))
+  }
+  write_summary() {
+    {
+      printf '%s\n' "${summary[@]}"
+      echo
+      grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$out/tests.log" 2>/dev/null || true
+      for log in moe_layer_bench.log engine_bench.log moe_layer_torch.log; do
+        [[ -f $out/$log ]] && { echo; cat "$out/$log"; }
+      done
+    } > "$out/summary.txt"
+  }
   if (( missing > 0 )); then
     summary+=("ldd: $missing libraries not found (see env.txt)")
     status=1
@@ -111,10 +132,11 @@ run_checks() {
   : > "$out/tests.log"
   for t in "${gpu_tests[@]}"; do
     echo "== $t" >> "$out/tests.log"
-    timeout 100 "$bundle/bin/$t" --gtest_color=no >> "$out/tests.log" 2>&1
+    timeout "$(cap 100)" "$bundle/bin/$t" --gtest_color=no >> "$out/tests.log" 2>&1
     local rc=$?
     summary+=("$t: $( ((rc == 0)) && echo PASSED || echo "FAILED (exit $rc)")")
     ((rc == 0)) || status=1
+    write_summary
   done
   if grep -q "no usable CUDA device" "$out/tests.log"; then
     summary+=("WARNING: gpu tests SKIPPED: no usable CUDA device (see env.txt)")
@@ -122,52 +144,48 @@ run_checks() {
   fi
   local bench_args=(--out "$out/moe_layer.csv")
   [[ $quick == --quick ]] && bench_args+=(--quick)
-  timeout 150 "$bundle/bin/moe-layer-bench" "${bench_args[@]}" > "$out/moe_layer_bench.log" 2>&1
+  timeout "$(cap 150)" "$bundle/bin/moe-layer-bench" "${bench_args[@]}" \
+    > "$out/moe_layer_bench.log" 2>&1
   local rc=$?
   summary+=("moe-layer-bench: exit $rc")
   ((rc == 0)) || status=1
+  write_summary
   # The whole engine on the GPU: the demo model (launch-bound) and the bench's default shape;
   # decode includes greedy sampling on the device.
   : > "$out/engine_bench.log"
   for shape in "--demo 1" ""; do
     echo "== bench-engine --backend cuda $shape" >> "$out/engine_bench.log"
     # shellcheck disable=SC2086
-    timeout 90 "$bundle/bin/bench-engine" --backend cuda $shape >> "$out/engine_bench.log" 2>&1
+    timeout "$(cap 60)" "$bundle/bin/bench-engine" --backend cuda $shape \
+      >> "$out/engine_bench.log" 2>&1
     rc=$?
     summary+=("bench-engine ${shape:-default shape}: exit $rc")
     ((rc == 0)) || status=1
+    write_summary
   done
   local torch_args=(--ours "$out/moe_layer.csv" --out "$out/moe_layer_torch.csv")
   [[ $quick == --quick ]] && torch_args+=(--quick)
-  PYTHONUNBUFFERED=1 timeout 130 python3 "$bundle/bin/moe_layer_torch.py" "${torch_args[@]}" \
-    > "$out/moe_layer_torch.log" 2>&1
+  PYTHONUNBUFFERED=1 timeout "$(cap 130)" python3 "$bundle/bin/moe_layer_torch.py" \
+    "${torch_args[@]}" > "$out/moe_layer_torch.log" 2>&1
   rc=$?
   summary+=("moe_layer_torch.py: exit $rc")
   ((rc == 0)) || status=1
+  write_summary
   # Last, as time allows: the kernel tests under compute-sanitizer (out-of-bounds and misaligned
   # accesses, uninitialised device memory reads are not checked by memcheck).
   local sanitizer
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   if [[ -x $sanitizer ]]; then
     echo "== compute-sanitizer --tool memcheck kernels_cuda_test" >> "$out/tests.log"
-    timeout 90 "$sanitizer" --tool memcheck --error-exitcode 3 "$bundle/bin/kernels_cuda_test" \
-      --gtest_color=no --gtest_brief=1 >> "$out/tests.log" 2>&1
+    timeout "$(cap 90)" "$sanitizer" --tool memcheck --error-exitcode 3 \
+      "$bundle/bin/kernels_cuda_test" --gtest_color=no --gtest_brief=1 >> "$out/tests.log" 2>&1
     rc=$?
     summary+=("memcheck kernels_cuda_test: $( ((rc == 0)) && echo clean || echo "exit $rc (3: errors found, 124: timed out)")")
+    ((rc == 0)) || status=1
   else
     summary+=("memcheck: compute-sanitizer not found")
   fi
-  {
-    printf '%s\n' "${summary[@]}"
-    echo
-    grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$out/tests.log" || true
-    echo
-    cat "$out/moe_layer_bench.log"
-    echo
-    cat "$out/engine_bench.log"
-    echo
-    cat "$out/moe_layer_torch.log"
-  } > "$out/summary.txt"
+  write_summary
   cat "$out/summary.txt"
   return $status
 }

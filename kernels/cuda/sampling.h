@@ -1,5 +1,5 @@
-// CUDA token sampling with the semantics of worker/sampler.h (after penalties, which stay on the
-// host for now): greedy below kGreedyTemperature, else logits / temperature, then min_p, top_k,
+// CUDA token sampling with the semantics of worker/sampler.h (penalties by LaunchApplyPenalties
+// first, logprobs of the raw logits by LaunchLogprobs): greedy below kGreedyTemperature, else logits / temperature, then min_p, top_k,
 // top_p, and an inverse-CDF draw over the kept tokens in descending order with the same
 // (seed, position) Philox4x32-10 uniform as SamplingUniform, so GPU and CPU pick the same token
 // from the same logits (up to rounding of partial sums at a token boundary, ~1e-16 relative).

@@ -233,9 +233,10 @@ class CudaBackend final : public Backend {
                       bool accumulate) override {
     const int64_t m = Rows(x), n = w.dim(0), k = w.dim(1);
     SY_DCHECK(Cols(x) == k && Cols(out) == n && Rows(out) == m);
+    // The bias is checked first: with accumulate a failure after the GEMM would leave out changed.
+    if (!bias.empty()) SY_RETURN_IF_ERROR(SameDType(out, bias, "Linear bias"));
     SY_RETURN_IF_ERROR(Gemm(x, w, out, m, n, k, /*w_layout_nk=*/true, accumulate ? 1.0f : 0.0f));
     if (bias.empty()) return absl::OkStatus();
-    SY_RETURN_IF_ERROR(SameDType(out, bias, "Linear bias"));
     return Typed(out, "LaunchAddBias", [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       return kc::LaunchAddBias(P<T>(out), P<T>(bias), m, n, ctx_->stream);

@@ -3,8 +3,8 @@
 // one stream. Logits and router scores come out in fp32.
 //
 // Host-side arguments of the Backend ops (token ids, positions, slots, block tables, row maps)
-// are copied to the device on each call; host outputs (CopyToHost, RouterTopK) wait for the stream
-// with a deadline (DEADLINE_EXCEEDED rather than a hang). CUDA and cuBLAS errors come back as
+// are copied to the device on each call; host outputs (CopyToHost, CopyBytesToHost,
+// CopyRangesToHost, RouterTopK, SampleTokens, Logprobs) wait for the stream with a deadline (DEADLINE_EXCEEDED rather than a hang). CUDA and cuBLAS errors come back as
 // INTERNAL naming the call.
 #pragma once
 
