@@ -163,7 +163,6 @@ absl::Status WorkerRuntime::ExecuteStep(const v1::StepRequest& request,
   }
   response->Clear();
   response->set_step_id(request.step_id());
-  last_step_ = WorkerStepTotals{};
   if (absl::Status invalid = ValidateStep(request); !invalid.ok()) {
     // Keep the group in lockstep: the peers are running this step's collectives.
     absl::Status idle = engine_->ForwardIdle();
@@ -172,11 +171,7 @@ absl::Status WorkerRuntime::ExecuteStep(const v1::StepRequest& request,
   }
   ApplyStructure(request);
   SY_RETURN_IF_ERROR(RunForward(request, response->mutable_stats()));
-  SY_RETURN_IF_ERROR(SampleTokens(request, response));
-  last_step_.num_sequences = request.work_size();
-  last_step_.num_tokens = request.token_ids_size();
-  last_step_.num_sampled = response->tokens_size();
-  return absl::OkStatus();
+  return SampleTokens(request, response);
 }
 
 absl::Status WorkerRuntime::ValidateStep(const v1::StepRequest& request) const {

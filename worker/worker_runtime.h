@@ -58,13 +58,6 @@ struct WorkerRuntimeOptions {
   std::function<absl::StatusOr<std::unique_ptr<Backend>>()> make_backend;
 };
 
-// Totals of the latest step, for metrics and logs.
-struct WorkerStepTotals {
-  int64_t num_sequences = 0;
-  int64_t num_tokens = 0;
-  int64_t num_sampled = 0;
-};
-
 // Owns the engine, the communicator, the sampler and the per-sequence state.
 // Thread safety: Load and ExecuteStep must be called from one thread at a time (the engine
 // thread); Abort may be called from any thread.
@@ -96,9 +89,11 @@ class WorkerRuntime {
   int32_t rank() const { return rank_; }
   int32_t world_size() const { return world_size_; }
   int64_t num_sequences() const { return static_cast<int64_t>(sequences_.size()); }
-  const WorkerStepTotals& last_step() const { return last_step_; }
-  // The expert-parallel executor's running totals; null without expert parallelism.
-  const ExpertParallelTotals* ep_totals() const { return ep_ ? &ep_->totals() : nullptr; }
+  // Tokens of sequence `seq_id` whose KV this worker holds; -1 when it holds no such sequence.
+  int64_t sequence_length(int64_t seq_id) const {
+    auto it = sequences_.find(seq_id);
+    return it == sequences_.end() ? -1 : it->second->num_tokens;
+  }
   // The expert-parallel executor (per-layer stats of the latest step); null without one.
   const ExpertParallelMoeExecutor* ep() const { return ep_; }
   // The loaded engine (config, block size); null before Load.
@@ -149,7 +144,6 @@ class WorkerRuntime {
   ExpertParallelMoeExecutor* ep_ = nullptr;  // owned by engine_
   std::unique_ptr<Sampler> sampler_;
   absl::flat_hash_map<int64_t, std::unique_ptr<Sequence>> sequences_;
-  WorkerStepTotals last_step_;
 
   // Per-step buffers, reused.
   mutable absl::flat_hash_set<int64_t> validate_freed_, validate_worked_;

@@ -39,6 +39,7 @@ absl::Status DeviceLikeBackend::CopyFromHost(std::span<const float> src, const T
   return inner_->CopyFromHost(src, dst);
 }
 absl::Status DeviceLikeBackend::CopyToHost(const Tensor& src, std::span<float> dst) {
+  num_tensor_bytes_to_host_ += static_cast<int64_t>(dst.size_bytes());
   return inner_->CopyToHost(src, dst);
 }
 absl::Status DeviceLikeBackend::Synchronize() {
@@ -168,7 +169,10 @@ absl::Status DeviceLikeBackend::SampleTokens(const Tensor& logits, std::span<con
   Sampler sampler(vocab);
   std::vector<float> row(vocab);
   for (size_t i = 0; i < rows.size(); ++i) {
-    if (absl::Status s = CopyToHost(logits.Rows(rows[i], rows[i] + 1), row); !s.ok()) return s;
+    // Reads "device" memory as the device's own sampler would: not a copy to the host.
+    if (absl::Status s = inner_->CopyToHost(logits.Rows(rows[i], rows[i] + 1), row); !s.ok()) {
+      return s;
+    }
     SamplingParams p;
     p.temperature = params[i].temperature;
     p.top_k = params[i].top_k;

@@ -375,8 +375,11 @@ TEST_F(WorkerRuntimeTest, DataPlaneAbortFailsTheStepOnEveryRank) {
     EXPECT_FALSE(statuses[rank].ok()) << "rank " << rank;
     EXPECT_TRUE(IsPeerFailure(statuses[rank])) << "rank " << rank << ": " << statuses[rank];
   }
-  // The failed step's structure stands (Scheduler::AbortStep), its tokens were not counted: the
-  // rerun starts at position 0 again -- and fails fast on the broken group, never hangs.
+  // The failed step's structure stands (Scheduler::AbortStep) and its tokens were not counted, so
+  // a rerun would start at position 0 again...
+  EXPECT_EQ(runtimes_[0]->num_sequences(), 1);
+  EXPECT_EQ(runtimes_[0]->sequence_length(1), 0);
+  // ...and on the broken group it fails fast, never hangs.
   statuses = Step({PlanBuilder(1).Work(1, 0, {1, 2}, {}, true), PlanBuilder(1)});
   EXPECT_TRUE(IsPeerFailure(statuses[0])) << statuses[0];
 }
@@ -461,6 +464,10 @@ TEST_F(WorkerRuntimeTest, DeviceSamplingPicksTheHostSamplersTokens) {
   EXPECT_EQ(device_backends_[0]->num_rows_penalized(), 0);
   EXPECT_EQ(device_backends_[1]->num_rows_penalized(), 2 * 5);  // 4 and 5
   EXPECT_EQ(device_backends_[1]->num_rows_with_logprobs(), 1 * 5);
+  for (const testing::DeviceLikeBackend* backend : device_backends_) {
+    EXPECT_EQ(backend->num_tensor_bytes_to_host(), 0);  // no logits row came back
+    EXPECT_GT(backend->num_bytes_to_host(), 0);         // the Gloo-like exchanges were staged
+  }
   // Every step of 5, the later ones after presence penalties changed its output tokens' logits.
   ASSERT_EQ(device_logprobs.size(), 5u);
   ASSERT_EQ(host_logprobs.size(), 5u);
