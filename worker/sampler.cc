@@ -46,28 +46,23 @@ bool InVocab(int32_t token_id, size_t vocab_size) {
 
 void ApplyPenalties(std::span<float> logits, const SamplingParams& params,
                     const TokenCounts& counts) {
-  const auto& prompt = counts.prompt_tokens();
-  const auto& output = counts.output_counts();
-  if (params.repetition_penalty != 1.0f) {
-    const float penalty = params.repetition_penalty;
-    auto penalize = [&](int32_t token_id) {
-      float& logit = logits[token_id];
-      logit = logit > 0.0f ? logit / penalty : logit * penalty;
-    };
-    for (int32_t token_id : prompt) {
-      if (InVocab(token_id, logits.size())) penalize(token_id);
-    }
-    // A token in both the prompt and the output is penalised once.
-    for (const auto& [token_id, count] : output) {
-      if (InVocab(token_id, logits.size()) && !prompt.contains(token_id)) penalize(token_id);
-    }
+  if (params.repetition_penalty == 1.0f && params.frequency_penalty == 0.0f &&
+      params.presence_penalty == 0.0f) {
+    return;
   }
-  if (params.frequency_penalty == 0.0f && params.presence_penalty == 0.0f) return;
-  for (const auto& [token_id, count] : output) {
-    if (count <= 0 || !InVocab(token_id, logits.size())) continue;
-    logits[token_id] -= params.frequency_penalty * static_cast<float>(count);
-    logits[token_id] -= params.presence_penalty;
-  }
+  // Each distinct prompt or output token once: repetition over both, then frequency and presence
+  // for output tokens (Backend::ApplyPenalties does the same per token, in the same order).
+  counts.ForEachDistinctToken([&](int32_t token_id, int32_t output_count) {
+    if (!InVocab(token_id, logits.size())) return;
+    float& logit = logits[token_id];
+    if (params.repetition_penalty != 1.0f) {
+      logit = logit > 0.0f ? logit / params.repetition_penalty : logit * params.repetition_penalty;
+    }
+    if (output_count > 0) {
+      logit -= params.frequency_penalty * static_cast<float>(output_count);
+      logit -= params.presence_penalty;
+    }
+  });
 }
 
 float MaxLogit(std::span<const float> logits) {
