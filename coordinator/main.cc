@@ -32,7 +32,8 @@ ABSL_FLAG(double, step_timeout_s, 120, "a step that takes longer fails");
 ABSL_FLAG(double, load_timeout_s, 1800, "workers must load within this many seconds");
 ABSL_FLAG(double, comm_timeout_s, 60, "any one data-plane collective fails after this many seconds");
 ABSL_FLAG(int64_t, kv_cache_mb, 0,
-          "KV-cache budget per worker in MiB (0: each worker's --kv_cache_mb or its default)");
+          "KV-cache budget per worker in MiB, sent in Load; a worker's own --kv_cache_mb wins "
+          "(0: each worker's own value or its default)");
 ABSL_FLAG(std::string, data_plane, "auto",
           "expert-parallel transport: gloo (TCP), nccl (GPUs), or auto (nccl when every worker "
           "runs on cuda)");
