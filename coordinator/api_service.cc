@@ -229,7 +229,7 @@ grpc::ServerUnaryReactor* InferenceApi::GetModelInfo(grpc::CallbackServerContext
   info->set_model_name(options_.model_name);
   info->set_model_type(config.model_type);
   info->set_vocab_size(static_cast<uint32_t>(options_.model.vocab_size));
-  info->set_max_context_length(static_cast<uint32_t>(options_.max_model_len));
+  info->set_max_context_length(static_cast<uint32_t>(options_.model.max_model_len));
   info->set_num_layers(static_cast<uint32_t>(config.num_hidden_layers));
   info->set_hidden_size(static_cast<uint32_t>(config.hidden_size));
   info->set_num_experts(static_cast<uint32_t>(config.num_experts));

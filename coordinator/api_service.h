@@ -25,7 +25,6 @@ struct ApiOptions {
   ModelConfig model_config;
   ModelContext model;  // tokenizer, vocabulary, context length, EOS ids
   int32_t num_workers = 1;
-  int64_t max_model_len = 0;
 };
 
 // Thread-safe. `manager`, `cluster` and `observer` (may be null) must outlive the service and

@@ -150,7 +150,6 @@ absl::Status CoordinatorImpl::Init() {
   api_options.model_config = config_;
   api_options.model = model;
   api_options.num_workers = options_.num_workers;
-  api_options.max_model_len = max_model_len_;
   api_ = std::make_unique<InferenceApi>(api_options, manager_.get(), cluster_.get(),
                                         observer_.get());
   SY_RETURN_IF_ERROR(StartServers());

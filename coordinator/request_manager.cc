@@ -23,7 +23,6 @@ absl::Status RequestManager::Start(std::vector<int64_t> worker_num_blocks,
   {
     absl::MutexLock lock(&mu_);
     serving_ = true;
-    snapshot_.serving = true;
     snapshot_.scheduler = scheduler_->GetStats();
   }
   thread_ = std::thread([this] { Loop(); });
@@ -85,7 +84,6 @@ void RequestManager::FailAll(absl::Status status, bool stop_serving) {
     fail_all_ = std::move(status);
     if (stop_serving) {
       serving_ = false;
-      snapshot_.serving = false;
     }
   }
   // A step waiting on a lost worker would otherwise wait for the step timeout.
@@ -95,7 +93,6 @@ void RequestManager::FailAll(absl::Status status, bool stop_serving) {
 void RequestManager::BeginDrain() {
   absl::MutexLock lock(&mu_);
   serving_ = false;
-  snapshot_.serving = false;
 }
 
 ManagerSnapshot RequestManager::Snapshot() const {
@@ -281,7 +278,6 @@ void RequestManager::MarkScheduled() {
 void RequestManager::PublishSnapshot(const SchedulerStats& stats) {
   absl::MutexLock lock(&mu_);
   snapshot_.scheduler = stats;
-  snapshot_.num_live = static_cast<int64_t>(live_ids_.size());
   snapshot_.rows_routed = rows_routed_;
   loop_busy_ = scheduler_->num_live_requests() > 0;
 }

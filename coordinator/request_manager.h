@@ -73,8 +73,6 @@ struct RequestManagerOptions {
 
 struct ManagerSnapshot {
   SchedulerStats scheduler;
-  int64_t num_live = 0;  // accepted, not yet ended
-  bool serving = false;
   std::vector<uint64_t> rows_routed;  // per rank, since start: token rows its experts computed
 };
 

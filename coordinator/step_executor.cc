@@ -64,7 +64,6 @@ void AppendStepResponse(const v1::StepResponse& response, StepOutcome* outcome) 
     }
   }
   outcome->rows_routed.push_back(response.stats().rows_routed());
-  outcome->num_tokens += response.stats().num_tokens();
 }
 
 GrpcStepExecutor::GrpcStepExecutor(std::vector<std::shared_ptr<v1::WorkerService::Stub>> stubs,

@@ -26,13 +26,11 @@ struct StepOutcome {
   // Per seq_id: the top alternatives (id, logprob) when the request asked for logprobs.
   absl::flat_hash_map<int64_t, std::vector<std::pair<int32_t, float>>> top_logprobs;
   std::vector<uint64_t> rows_routed;  // per plan entry (rank order): token rows its experts ran
-  uint64_t num_tokens = 0;
 
   void Clear() {
     result.tokens.clear();
     top_logprobs.clear();
     rows_routed.clear();
-    num_tokens = 0;
   }
 };
 

@@ -58,7 +58,6 @@ class ApiServiceTest : public ::testing::Test {
     ApiOptions api_options;
     api_options.model_name = "test-model";
     api_options.model = model;
-    api_options.max_model_len = 512;
     api_ = std::make_unique<InferenceApi>(api_options, manager_.get(), cluster_.get(), nullptr);
     api_->set_state(v1::SERVING_STATE_SERVING);
     grpc::ServerBuilder builder;
@@ -197,6 +196,14 @@ TEST_F(ApiServiceTest, ClientCancelFreesTheRequest) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   for (int i = 0; i < 1000 && manager_->num_live() > 0; ++i) absl::SleepFor(absl::Milliseconds(5));
   EXPECT_EQ(manager_->num_live(), 0);
+}
+
+TEST_F(ApiServiceTest, ModelInfoReportsTheContextLength) {
+  StartServer(absl::ZeroDuration());
+  grpc::ClientContext context;
+  v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.max_context_length(), 512u);  // ModelContext::max_model_len
 }
 
 TEST_F(ApiServiceTest, ServerInfoReportsTheStateAndEachWorker) {
