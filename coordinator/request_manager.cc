@@ -154,19 +154,18 @@ void RequestManager::AddRequest(Intake intake) {
   request.sampling = intake.request.sampling;
   request.deadline = intake.deadline;
   absl::StatusOr<int64_t> seq_id = scheduler_->Add(std::move(request));
-  absl::StatusOr<StopChecker> checker = seq_id.ok() ? StopChecker::Create(intake.request.stop)
-                                                    : absl::StatusOr<StopChecker>(seq_id.status());
-  if (!checker.ok()) {
-    if (seq_id.ok()) (void)scheduler_->Abort(intake.request.request_id);
-    observer_->OnRejected(checker.status().code());
+  if (!seq_id.ok()) {
+    observer_->OnRejected(seq_id.status().code());
     {
       absl::MutexLock lock(&mu_);
       live_ids_.erase(intake.request.request_id);
     }
-    intake.sink->Fail(checker.status());
+    intake.sink->Fail(seq_id.status());
     return;
   }
-  auto active = std::make_unique<Active>(std::move(intake), *seq_id, *std::move(checker),
+  SY_CHECK(intake.request.checker.has_value());  // PrepareRequest built it
+  StopChecker checker = *std::move(intake.request.checker);
+  auto active = std::make_unique<Active>(std::move(intake), *seq_id, std::move(checker),
                                          options_.model.tokenizer);
   observer_->OnAdmitted(active->num_prompt_tokens);
   seq_by_id_[active->request_id] = *seq_id;

@@ -120,6 +120,7 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const v1::GenerateRequest& reques
   if (!checker.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("stopping: ", checker.status().message()));
   }
+  prepared.checker.emplace(*std::move(checker));  // built once, here, off the step loop
   prepared.skip_special_tokens =
       !request.has_skip_special_tokens() || request.skip_special_tokens();
   return prepared;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,7 @@ struct PreparedRequest {
   std::vector<int32_t> prompt_token_ids;
   SamplingParams sampling;
   StopConfig stop;  // stop.max_tokens is the effective max_tokens
+  std::optional<StopChecker> checker;  // built from `stop`; always set by PrepareRequest
   bool skip_special_tokens = true;
 };
 

@@ -43,6 +43,9 @@ TEST(RequestPrepTest, ResolvesDefaults) {
   EXPECT_EQ(prepared->stop.max_tokens, 30);
   EXPECT_EQ(prepared->stop.eos_token_ids, (std::vector<int32_t>{2}));
   EXPECT_TRUE(prepared->skip_special_tokens);
+  // The stop checker comes ready, built from the resolved config.
+  ASSERT_TRUE(prepared->checker.has_value());
+  EXPECT_FALSE(prepared->checker->finished());
 }
 
 TEST(RequestPrepTest, KeepsExplicitValues) {
