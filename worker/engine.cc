@@ -278,7 +278,8 @@ absl::Status Engine::FfnBlock(int64_t layer_idx, const Tensor& x) {
 
 absl::Status Engine::ComputeLogits(std::span<const BatchEntry> batch, const Tensor& x,
                                    const ForwardOptions& options, ForwardOutput* output) {
-  std::vector<int32_t> rows;
+  std::vector<int32_t>& rows = logit_rows_;
+  rows.clear();
   output->first_row.clear();
   for (const kernels::cpu::AttentionSeq& seq : step_seqs_) {
     output->first_row.push_back(static_cast<int64_t>(rows.size()));

@@ -113,6 +113,7 @@ class Engine {
   // Per-step host state, sized once per step shape.
   std::vector<int32_t> step_tokens_, step_positions_;
   std::vector<int64_t> step_slots_;
+  std::vector<int32_t> logit_rows_;  // rows of the step's hidden states that get logits
   std::vector<kernels::cpu::AttentionSeq> step_seqs_;
   std::vector<float> step_temperature_scale_;  // Llama 4 NoPE-layer query scale per token
   std::unique_ptr<ScratchArena> scratch_;

@@ -88,11 +88,18 @@ enum ScratchSlot { kSorted, kExpertOut, kScratchA, kScratchB };
 class LocalMoeExecutor final : public MoeExecutor {
  public:
   LocalMoeExecutor(const ModelConfig& config, const ModelWeights& weights, Backend& backend)
-      : config_(config), weights_(weights), backend_(backend), scratch_(backend) {}
+      : config_(config), weights_(weights), backend_(backend), scratch_(backend),
+        experts_by_layer_(weights.layers.size()) {
+    // Per MoE layer, each expert's weights (null when not loaded): fixed once loaded.
+    for (size_t layer = 0; layer < weights.layers.size(); ++layer) {
+      for (const ExpertWeights& expert : weights.layers[layer].experts) {
+        experts_by_layer_[layer].push_back(expert.loaded() ? &expert : nullptr);
+      }
+    }
+  }
 
   absl::Status Run(int64_t layer_idx, const Tensor& x, std::span<const int32_t> topk_ids,
                    std::span<const float> topk_weights, int64_t k, const Tensor& out) override {
-    const LayerWeights& layer = weights_.layers[layer_idx];
     const int64_t num_tokens = x.dim(0), hidden = x.dim(1), num_experts = config_.num_experts;
     const int64_t num_rows = num_tokens * k;
     GroupByExpert(topk_ids, topk_weights, k, num_experts);
@@ -104,21 +111,17 @@ class LocalMoeExecutor final : public MoeExecutor {
     const bool scale_input = config_.router_scales_input;
     SY_RETURN_IF_ERROR(backend_.GatherRows(x, src_token_, scale_input ? std::span<const float>(row_weight_)
                                                                       : std::span<const float>(), sorted));
-    experts_.assign(num_experts, nullptr);
-    for (int64_t e = 0; e < num_experts; ++e) {
-      const ExpertWeights& expert = layer.experts[e];
-      if (expert.loaded()) {
-        experts_[e] = &expert;
-      } else if (offsets_[e + 1] > offsets_[e]) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "layer ", layer_idx, ": tokens routed to expert ", e, " which this process did not load"));
-      }
+    // An expert with rows but no weights (not loaded here) is FAILED_PRECONDITION from there.
+    absl::Status computed = GroupedExpertForward(backend_, experts_by_layer_[layer_idx], sorted,
+                                                 offsets_, a, b, expert_out);
+    if (!computed.ok()) {
+      return absl::Status(computed.code(),
+                          absl::StrCat("layer ", layer_idx, ": ", computed.message()));
     }
-    SY_RETURN_IF_ERROR(
-        GroupedExpertForward(backend_, experts_, sorted, offsets_, a, b, expert_out));
     if (scale_input) {
-      ones_.assign(num_rows, 1.0f);
-      return backend_.CombineRows(expert_out, row_of_, ones_, k, out);
+      if (static_cast<int64_t>(ones_.size()) < num_rows) ones_.assign(num_rows, 1.0f);
+      return backend_.CombineRows(expert_out, row_of_,
+                                  std::span<const float>(ones_).first(num_rows), k, out);
     }
     return backend_.CombineRows(expert_out, row_of_, topk_weights, k, out);
   }
@@ -148,7 +151,7 @@ class LocalMoeExecutor final : public MoeExecutor {
   Backend& backend_;
   ScratchArena scratch_;
   std::vector<int64_t> offsets_, cursor_;
-  std::vector<const ExpertWeights*> experts_;  // by expert index; null when not loaded
+  std::vector<std::vector<const ExpertWeights*>> experts_by_layer_;  // null: not loaded
   std::vector<int32_t> src_token_, row_of_;
   std::vector<float> row_weight_, ones_;
 };

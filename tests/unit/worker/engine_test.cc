@@ -173,6 +173,8 @@ TEST(EngineTest, LoadsOnlyChosenExpertsAndRefusesOthers) {
     ForwardOutput out;
     absl::Status status = half->Forward({&entry, 1}, &out);
     EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << family << ": " << status;
+    EXPECT_NE(status.message().find("not loaded"), std::string_view::npos) << status;
+    EXPECT_EQ(status.message().rfind("layer ", 0), 0u) << status;  // names the layer first
   }
 }
 
