@@ -13,7 +13,8 @@ namespace switchyard {
 
 namespace {
 
-// The first expert that has rows: it sets the fused flag and intermediate size for the call.
+// The first expert that has rows (it sets the fused flag and intermediate size for the call),
+// after checking that every group with rows has its weights.
 absl::StatusOr<const ExpertWeights*> FirstExpertWithRows(
     std::span<const ExpertWeights* const> experts, std::span<const int64_t> offsets) {
   if (offsets.size() != experts.size() + 1) {
@@ -21,6 +22,8 @@ absl::StatusOr<const ExpertWeights*> FirstExpertWithRows(
                                                    experts.size() + 1, " offsets, found ",
                                                    offsets.size()));
   }
+  // Every group with rows needs its weights: checked here for all of them, before any GEMM runs.
+  const ExpertWeights* first = nullptr;
   for (size_t g = 0; g < experts.size(); ++g) {
     if (offsets[g + 1] == offsets[g]) continue;
     if (experts[g] == nullptr || !experts[g]->loaded()) {
@@ -28,9 +31,9 @@ absl::StatusOr<const ExpertWeights*> FirstExpertWithRows(
           "GroupedExpertForward: group ", g, " has ", offsets[g + 1] - offsets[g],
           " rows but its expert is not loaded"));
     }
-    return experts[g];
+    if (first == nullptr) first = experts[g];
   }
-  return nullptr;
+  return first;
 }
 
 // weights[g] = &(experts[g]->*member), or null for an absent expert.
