@@ -23,21 +23,18 @@ void StepMetricsRecorder::RecordStep(const WorkerRuntime& runtime, const v1::Ste
 
 void StepMetricsRecorder::RecordExpertRows(const WorkerRuntime& runtime) {
   const ExpertParallelMoeExecutor& ep = *runtime.ep();
-  const std::vector<int64_t> layer_of = MoeLayerIndices(runtime.engine()->config());
-  const std::vector<std::vector<int64_t>>& slot_rows = ep.slot_rows();
-  if (last_slot_rows_.size() != slot_rows.size()) last_slot_rows_.assign(slot_rows.size(), {});
-  for (size_t moe_idx = 0; moe_idx < slot_rows.size(); ++moe_idx) {
-    std::vector<int64_t>& last = last_slot_rows_[moe_idx];
-    last.resize(slot_rows[moe_idx].size(), 0);
+  const std::vector<DispatchStats>& layers = ep.last_layer_stats();
+  // Each MoE layer ran exactly once in the step: its stats hold the step's rows per local slot.
+  if (layer_of_.size() != layers.size()) layer_of_ = MoeLayerIndices(runtime.engine()->config());
+  for (size_t moe_idx = 0; moe_idx < layers.size(); ++moe_idx) {
+    const std::vector<int64_t>& rows = layers[moe_idx].rows_per_local_slot;
     const LayerPlacement& placement = ep.placements()[moe_idx];
-    for (size_t slot = 0; slot < slot_rows[moe_idx].size(); ++slot) {
-      const int64_t delta = slot_rows[moe_idx][slot] - last[slot];
-      last[slot] = slot_rows[moe_idx][slot];
-      if (delta <= 0) continue;
+    for (size_t slot = 0; slot < rows.size(); ++slot) {
+      if (rows[slot] <= 0) continue;
       const int32_t expert = placement.expert_at(ep.rank(), static_cast<int32_t>(slot));
       prometheus::Counter* counter =
-          metrics_->ExpertTokens(static_cast<int>(layer_of[moe_idx]), expert);
-      if (counter != nullptr) counter->Increment(static_cast<double>(delta));
+          metrics_->ExpertTokens(static_cast<int>(layer_of_[moe_idx]), expert);
+      if (counter != nullptr) counter->Increment(static_cast<double>(rows[slot]));
     }
   }
 }

@@ -26,8 +26,7 @@ class StepMetricsRecorder {
   void RecordExpertRows(const WorkerRuntime& runtime);
 
   metrics::WorkerMetrics* metrics_;
-  // The executor's slot_rows at the previous step ([MoE layer ordinal][local slot]).
-  std::vector<std::vector<int64_t>> last_slot_rows_;
+  std::vector<int64_t> layer_of_;  // MoE layer ordinal -> layer index (MoeLayerIndices)
 };
 
 }  // namespace switchyard
