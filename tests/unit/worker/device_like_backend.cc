@@ -17,6 +17,7 @@ bool DeviceLikeBackend::Owns(const void* data, int64_t num_bytes) const {
 }
 
 absl::StatusOr<Tensor> DeviceLikeBackend::Empty(DType dtype, std::vector<int64_t> shape) {
+  ++num_allocations_;
   absl::StatusOr<Tensor> tensor = inner_->Empty(dtype, std::move(shape));
   if (!tensor.ok()) return tensor;
   const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor->data());

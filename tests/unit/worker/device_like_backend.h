@@ -29,6 +29,7 @@ class DeviceLikeBackend final : public Backend {
   // True when [data, data + num_bytes) lies inside one allocation of this backend.
   bool Owns(const void* data, int64_t num_bytes) const;
   int64_t num_synchronizes() const { return num_synchronizes_.load(); }
+  int64_t num_allocations() const { return num_allocations_.load(); }  // Empty() calls
   int64_t num_bytes_to_host() const { return num_bytes_to_host_.load(); }
   // Bytes of tensors copied to the host with CopyToHost (e.g. logits), apart from the above.
   int64_t num_tensor_bytes_to_host() const { return num_tensor_bytes_to_host_.load(); }
@@ -100,6 +101,7 @@ class DeviceLikeBackend final : public Backend {
   std::shared_ptr<Registry> registry_ = std::make_shared<Registry>();
   std::atomic<int64_t> num_synchronizes_{0};
   std::atomic<int64_t> num_bytes_to_host_{0};
+  std::atomic<int64_t> num_allocations_{0};
   std::atomic<int64_t> num_tensor_bytes_to_host_{0};
   std::atomic<int64_t> num_rows_sampled_{0};
   std::atomic<int64_t> num_rows_penalized_{0};

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/unit/worker/comm/comm_test_util.h"
+#include "tests/unit/worker/device_like_backend.h"
 #include "tests/unit/worker/moe/moe_test_util.h"
 
 namespace switchyard {
@@ -312,23 +313,39 @@ TEST_P(DispatchWorldTest, ReplicatedExpertsBalanceOverReplicas) {
   EXPECT_GT(placement.num_replicas(0), 1);  // the hottest expert got a replica
 }
 
+// The dispatcher's buffers come from the backend (a stand-in that counts allocations): after the
+// largest batch, smaller ones, an empty one included, allocate nothing.
 TEST_P(DispatchWorldTest, WarmDispatcherReusesBuffersAcrossBatchSizes) {
   const LayerPlacement placement = Contiguous(8);
   const auto statuses = RunLoopbackRanks(world_size(), FastOptions(), [&](Communicator& comm) {
-    std::unique_ptr<Backend> backend = MakeCpuBackend();
-    MoeDispatcher dispatcher(&comm, backend.get());
-    for (int64_t tokens : {9, 2, 0, 15, 4}) {
+    testing::DeviceLikeBackend backend;
+    MoeDispatcher dispatcher(&comm, &backend);
+    bool after_largest = false;
+    for (int64_t tokens : {9, 2, 15, 0, 4, 15}) {
       MoeCase moe_case = Case(world_size(), 2, Routing::kRandom,
-                              std::vector<int64_t>(world_size(), tokens + comm.world_size()));
+                              std::vector<int64_t>(world_size(), tokens));
       moe_case.seed = static_cast<uint32_t>(tokens + 3);
       const testing::RankInputs in = testing::MakeInputs(moe_case, comm.rank());
-      std::vector<float> out(in.num_tokens * moe_case.hidden);
-      absl::Status status = dispatcher.Run(
-          placement, BorrowedHostRows(in.x.data(), in.num_tokens, moe_case.hidden), in.ids,
-          in.weights, moe_case.k, testing::ToyExperts(placement, comm.rank()),
-          BorrowedHostRows(out.data(), in.num_tokens, moe_case.hidden), nullptr);
+      absl::StatusOr<Tensor> x = backend.Empty(DType::kF32, {in.num_tokens, moe_case.hidden});
+      absl::StatusOr<Tensor> out = backend.Empty(DType::kF32, {in.num_tokens, moe_case.hidden});
+      if (!x.ok() || !out.ok()) return absl::InternalError("allocating x or out failed");
+      if (absl::Status s = backend.CopyFromHost(in.x, *x); !s.ok()) return s;
+      const int64_t allocations_before = backend.num_allocations();
+      absl::Status status =
+          dispatcher.Run(placement, *x, in.ids, in.weights, moe_case.k,
+                         testing::ToyExperts(placement, comm.rank()), *out, nullptr);
       if (!status.ok()) return status;
-      status = testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), out, comm.rank());
+      const int64_t allocated = backend.num_allocations() - allocations_before;
+      if (after_largest && allocated != 0) {
+        return absl::InternalError(absl::StrCat("rank ", comm.rank(), ": a batch of ", tokens,
+                                                " tokens after one of 15 allocated ", allocated,
+                                                " buffers"));
+      }
+      after_largest = after_largest || tokens == 15;
+      std::vector<float> host_out(in.num_tokens * moe_case.hidden);
+      if (absl::Status s = backend.CopyToHost(*out, host_out); !s.ok()) return s;
+      status =
+          testing::CompareOutputs(testing::ReferenceOutput(moe_case, in), host_out, comm.rank());
       if (!status.ok()) return status;
     }
     return absl::OkStatus();
