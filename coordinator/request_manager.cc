@@ -264,9 +264,11 @@ void RequestManager::WaitWhileStalled() {
 
 void RequestManager::MarkScheduled() {
   const absl::Time now = absl::Now();
+  // A sequence is scheduled for the first time in the step that places it (a new sequence on its
+  // worker); a preempted one comes back as new too, but was stamped already.
   for (const WorkerStepPlan& worker : plan_.workers) {
-    for (const SequenceWork& work : worker.work) {
-      auto it = active_.find(work.seq_id);
+    for (const NewSequence& placed : worker.new_sequences) {
+      auto it = active_.find(placed.seq_id);
       if (it == active_.end() || it->second->scheduled != absl::InfinitePast()) continue;
       it->second->scheduled = now;
       observer_->OnScheduled(now - it->second->arrival);
