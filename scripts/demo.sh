@@ -114,7 +114,7 @@ http_port=$(port_of "$log_dir/coordinator.ports" http)
 worker_http=()
 for ((i = 0; i < num_workers; i++)); do
   echo "== starting switchyard-worker $i"
-  setsid "$bin/switchyard-worker" --model "$model_dir" --num_workers "$num_workers" \
+  setsid "$bin/switchyard-worker" --model "$model_dir" \
     --coordinator_address "127.0.0.1:$control_port" --advertise_host 127.0.0.1 \
     --control_port 0 --http_port 0 --backend cpu \
     --port_file "$log_dir/worker$i.ports" >"$log_dir/worker$i.log" 2>&1 &

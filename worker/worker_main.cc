@@ -33,7 +33,6 @@
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (overrides the coordinator's model_dir)");
 ABSL_FLAG(std::string, served_model_name, "", "model name in metrics (default: the dir name)");
-ABSL_FLAG(int32_t, num_workers, 0, "accepted for symmetry with the coordinator; unused here");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 ABSL_FLAG(std::string, coordinator_address, "127.0.0.1:50052",
           "host:port of the coordinator's ClusterService");

@@ -179,7 +179,6 @@ class Cluster:
         for rank in range(self.num_workers):
             self.workers.append(Process(f"worker{rank}", [
                 os.path.join(self.bin_dir, "switchyard-worker"), "--model", self.model_dir,
-                "--num_workers", str(self.num_workers),
                 "--coordinator_address", f"127.0.0.1:{control}", "--advertise_host", "127.0.0.1",
                 "--control_port", "0", "--http_port", "0", "--backend", "cpu"]
                 + self.worker_flags, self.log_dir))
