@@ -5,6 +5,7 @@
 #include <cublas_v2.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -166,9 +167,13 @@ TEST_F(GemmGpuTest, GroupedByExpertMatchesCpuWithUnevenAndEmptyGroups) {
     ASSERT_TRUE(s.ok()) << s.call << " cuda " << s.cuda << " cublas " << s.cublas;
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     EXPECT_LT(RelError(ToFloat(dout.ToHost()), ref), 1e-2) << "method " << static_cast<int>(method);
-    // Nothing routed at all: a no-op.
+    // Nothing routed at all: a no-op that leaves the output as it was.
+    const std::vector<bf16> before = dout.ToHost();
     for (cuda::GemmGroup& g : groups) g.num_rows = 0;
     EXPECT_TRUE(grouped.Run(handle_, method, groups, dx.get(), dout.get(), n, k, true).ok());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<bf16> after = dout.ToHost();
+    EXPECT_EQ(std::memcmp(before.data(), after.data(), before.size() * sizeof(bf16)), 0);
   }
 }
 
