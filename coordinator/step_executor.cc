@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
 #include "grpcpp/grpcpp.h"
 
 namespace switchyard {
@@ -117,11 +118,9 @@ absl::Status GrpcStepExecutor::Execute(const StepPlan& plan, StepOutcome* outcom
   std::vector<std::string> errors;
   for (size_t i = 0; i < n; ++i) {
     if (!statuses[i].ok()) {
-      if (on_rpc_error_) on_rpc_error_(static_cast<absl::StatusCode>(statuses[i].error_code()));
-      errors.push_back(absl::StrCat("rank ", plan.workers[i].rank, ": ",
-                                    absl::StatusCodeToString(static_cast<absl::StatusCode>(
-                                        statuses[i].error_code())),
-                                    " ", statuses[i].error_message()));
+      const absl::Status failed = FromGrpcStatus(statuses[i]);
+      if (on_rpc_error_) on_rpc_error_(failed.code());
+      errors.push_back(absl::StrCat("rank ", plan.workers[i].rank, ": ", failed.ToString()));
       continue;
     }
     AppendStepResponse(responses_[i], outcome);
